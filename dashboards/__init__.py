@@ -1,0 +1,1 @@
+"""Bokeh dashboard for operando-monitor."""

@@ -1,0 +1,1 @@
+"""Alarm rules, the alarm state machine, and sinks."""

@@ -1,0 +1,271 @@
+"""TOML configuration → typed, validated settings.
+
+Every section is a frozen dataclass. Loading rejects unknown keys and values of the wrong
+type or out of range with a :class:`~monitor.errors.ConfigError` naming the key path, e.g.
+``pipelines[0].queue_size: expected int, got 'eight'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from monitor.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    shutdown_timeout_s: float = 10.0
+    """Upper bound for the whole ordered shutdown (ingest stop, drain, flush, close)."""
+    ingest_queue: int = 256
+    """Bounded queue between sources and the router (back-pressure, never drops)."""
+    telemetry_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    name: str
+    kind: Literal["array10", "replay"]
+    # array10
+    endpoint: str = ""
+    socket: Literal["pull", "sub"] = "pull"
+    mode: Literal["connect", "bind"] = "connect"
+    topic: str = ""
+    rcvhwm: int = 64
+    max_frame_bytes: int = 256 * 1024 * 1024
+    stream: str = "frames"
+    """Stream name used when a message does not name its own."""
+    # replay
+    path: str = ""
+    dataset: str = ""
+    rate_hz: float = 0.0
+    """Replay rate; 0 replays as fast as the pipeline takes frames."""
+    loop: bool = False
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    name: str
+    kind: Literal["frame_stats"]
+    streams: tuple[str, ...] = ("frames",)
+    queue_size: int = 8
+    policy: Literal["drop_oldest", "block"] = "drop_oldest"
+    """Overload policy: ``drop_oldest`` skips the oldest queued frame (counted, stored as
+    skipped with reason ``overload``); ``block`` applies back-pressure to the sources."""
+    max_batch: int = 1
+    saturation_value: float = 0.0
+    """Pixel value counted as saturated (0: the dtype's maximum)."""
+    dead_value: float = 0.0
+    """Pixel value at or below which a pixel counts as dead."""
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    directory: str = "runs"
+    filename: str = "{run}.h5"
+    flush_interval_s: float = 0.5
+    compression: Literal["bslz4", "gzip", "none"] = "bslz4"
+    chunk_rows: int = 256
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    name: str
+    kind: Literal["threshold", "silence"]
+    # threshold
+    pipeline: str = ""
+    metric: str = ""
+    direction: Literal["above", "below"] = "above"
+    minor: float | None = None
+    major: float | None = None
+    hysteresis: float = 0.0
+    min_count: int = 1
+    """Consecutive results beyond a level before the alarm raises (the minimum duration)."""
+    latch: bool = False
+    # silence
+    source: str = ""
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    journal: str = "alarms.jsonl"
+    """JSON Lines journal path, relative to the store directory unless absolute."""
+    zmq_pub: str = ""
+    """Endpoint the alarm PUB socket binds (e.g. ``tcp://127.0.0.1:5570``); empty: off."""
+    rules: tuple[RuleSettings, ...] = ()
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 5006
+    update_ms: int = 250
+    operator_token: str = ""
+    """Token required to acknowledge alarms. Empty: read OPERANDO_OPERATOR_TOKEN."""
+    allow_websocket_origin: tuple[str, ...] = ()
+    history: int = 600
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    run: str = "run"
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    sources: tuple[SourceSettings, ...] = ()
+    pipelines: tuple[PipelineSettings, ...] = ()
+    store: StoreSettings = field(default_factory=StoreSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+
+    def operator_token(self) -> str:
+        return self.dashboard.operator_token or os.environ.get("OPERANDO_OPERATOR_TOKEN", "")
+
+
+def _type_name(tp: object) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: object, tp: object, key: str) -> object:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            raise ConfigError(key, f"expected one of {allowed}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(key, f"expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        item_tp = args[0]
+        return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table, got {value!r}")
+        return _build(tp, value, key)  # type: ignore[arg-type]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected int, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(key, f"unsupported type {tp!r}")  # pragma: no cover - programming error
+
+
+def _build(cls: type[T], data: dict[str, object], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, object] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(path, f"unknown key (known keys: {known})")
+        kwargs[key] = _convert(value, hints[key], path)
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}.{name}" if prefix else name, "required key is missing")
+    return cls(**kwargs)
+
+
+def _positive(value: float, key: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def validate(cfg: MonitorConfig) -> MonitorConfig:
+    """Cross-field checks that types alone cannot express."""
+    _positive(cfg.daemon.shutdown_timeout_s, "daemon.shutdown_timeout_s")
+    _positive(cfg.daemon.ingest_queue, "daemon.ingest_queue")
+    _positive(cfg.daemon.telemetry_interval_s, "daemon.telemetry_interval_s")
+    names: set[str] = set()
+    for i, src in enumerate(cfg.sources):
+        key = f"sources[{i}]"
+        if src.name in names:
+            raise ConfigError(f"{key}.name", f"duplicate source name {src.name!r}")
+        names.add(src.name)
+        if src.kind == "array10" and not src.endpoint:
+            raise ConfigError(f"{key}.endpoint", "required for kind 'array10'")
+        if src.kind == "replay" and not src.path:
+            raise ConfigError(f"{key}.path", "required for kind 'replay'")
+        _positive(src.max_frame_bytes, f"{key}.max_frame_bytes")
+        _positive(src.rate_hz, f"{key}.rate_hz", allow_zero=True)
+    pnames: set[str] = set()
+    for i, p in enumerate(cfg.pipelines):
+        key = f"pipelines[{i}]"
+        if p.name in pnames:
+            raise ConfigError(f"{key}.name", f"duplicate pipeline name {p.name!r}")
+        pnames.add(p.name)
+        _positive(p.queue_size, f"{key}.queue_size")
+        _positive(p.max_batch, f"{key}.max_batch")
+        if not p.streams:
+            raise ConfigError(f"{key}.streams", "must name at least one stream")
+    for i, r in enumerate(cfg.alerts.rules):
+        key = f"alerts.rules[{i}]"
+        if r.kind == "threshold":
+            if r.pipeline not in pnames:
+                raise ConfigError(f"{key}.pipeline", f"no pipeline named {r.pipeline!r}")
+            if not r.metric:
+                raise ConfigError(f"{key}.metric", "required for kind 'threshold'")
+            if r.minor is None and r.major is None:
+                raise ConfigError(key, "a threshold rule needs 'minor' and/or 'major'")
+            _positive(r.hysteresis, f"{key}.hysteresis", allow_zero=True)
+            _positive(r.min_count, f"{key}.min_count")
+        elif r.kind == "silence":
+            if r.source not in names:
+                raise ConfigError(f"{key}.source", f"no source named {r.source!r}")
+            _positive(r.timeout_s, f"{key}.timeout_s")
+    _positive(cfg.store.flush_interval_s, "store.flush_interval_s")
+    _positive(cfg.store.chunk_rows, "store.chunk_rows")
+    _positive(cfg.dashboard.update_ms, "dashboard.update_ms")
+    if not 0 <= cfg.dashboard.port < 65536:
+        raise ConfigError("dashboard.port", f"must be 0..65535, got {cfg.dashboard.port}")
+    return cfg
+
+
+def config_from_dict(data: dict[str, object]) -> MonitorConfig:
+    return validate(_build(MonitorConfig, data))
+
+
+def load_config(path: str | Path) -> MonitorConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {p}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{p} is not valid TOML: {exc}") from exc
+    return config_from_dict(data)

@@ -1,0 +1,103 @@
+"""LiveState: the latest-wins view the dashboard samples at its own rate.
+
+The daemon writes into it from the event loop; the dashboard reads it from the same loop
+(Bokeh server runs on the daemon's loop) or from another thread, so reads copy under a lock.
+Nothing here ever blocks the frame path: frames are replaced, never queued.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from monitor.alerts.model import Alarm
+from monitor.telemetry import TelemetrySnapshot
+
+MAX_DISPLAY_PX = 512
+"""Frames are block-reduced so neither side exceeds this before they reach the display."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveFrame:
+    stream: str
+    source: str
+    series: str
+    index: int
+    t_received: float
+    image: np.ndarray  # float32, at most MAX_DISPLAY_PX per side
+    scalars: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    ok: bool
+    message: str
+
+
+AckHandler = Callable[[str, str, str], AckResult]
+"""(alarm_id, operator, token) → result. Installed by the daemon."""
+
+
+def display_image(array: np.ndarray, max_px: int = MAX_DISPLAY_PX) -> np.ndarray:
+    """Block-average ``array`` down to at most ``max_px`` per side, as float32."""
+    a = np.asarray(array)
+    fy = max(1, -(-a.shape[0] // max_px))
+    fx = max(1, -(-a.shape[1] // max_px))
+    if fy == 1 and fx == 1:
+        return a.astype(np.float32, copy=True)
+    ny, nx = a.shape[0] // fy, a.shape[1] // fx
+    trimmed = a[: ny * fy, : nx * fx].astype(np.float32)
+    return trimmed.reshape(ny, fy, nx, fx).mean(axis=(1, 3), dtype=np.float32)
+
+
+def _reject_ack(alarm_id: str, operator: str, token: str) -> AckResult:
+    return AckResult(False, "acknowledgement is not available (no daemon attached)")
+
+
+class LiveState:
+    def __init__(self, history: int = 600) -> None:
+        self._lock = threading.Lock()
+        self._frames: dict[str, LiveFrame] = {}
+        self._health: deque[TelemetrySnapshot] = deque(maxlen=history)
+        self._alarms: dict[str, Alarm] = {}
+        self._version = 0
+        self.ack_handler: AckHandler = _reject_ack
+
+    @property
+    def version(self) -> int:
+        """Increments on every update, so a display can skip redraws when nothing changed."""
+        return self._version
+
+    def publish_frame(self, frame: LiveFrame) -> None:
+        with self._lock:
+            self._frames[frame.stream] = frame
+            self._version += 1
+
+    def publish_health(self, snap: TelemetrySnapshot) -> None:
+        with self._lock:
+            self._health.append(snap)
+            self._version += 1
+
+    def publish_alarm(self, alarm: Alarm) -> None:
+        with self._lock:
+            self._alarms[alarm.id] = alarm
+            self._version += 1
+
+    def frames(self) -> dict[str, LiveFrame]:
+        with self._lock:
+            return dict(self._frames)
+
+    def health(self) -> list[TelemetrySnapshot]:
+        with self._lock:
+            return list(self._health)
+
+    def alarms(self) -> list[Alarm]:
+        with self._lock:
+            return sorted(self._alarms.values(), key=lambda a: a.t_raised, reverse=True)
+
+    def acknowledge(self, alarm_id: str, operator: str, token: str) -> AckResult:
+        return self.ack_handler(alarm_id, operator, token)

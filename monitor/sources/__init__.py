@@ -1,0 +1,1 @@
+"""Frame sources: array10 (ZMQ multipart), replay (HDF5/TIFF/directory)."""
