@@ -194,7 +194,11 @@ def _build(cls: type[T], data: dict[str, object], prefix: str = "") -> T:
             raise ConfigError(path, f"unknown key (known keys: {known})")
         kwargs[key] = _convert(value, hints[key], path)
     for name, f in fields.items():
-        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        if (
+            name not in kwargs
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ):
             raise ConfigError(f"{prefix}.{name}" if prefix else name, "required key is missing")
     return cls(**kwargs)
 

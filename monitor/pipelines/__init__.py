@@ -1,0 +1,1 @@
+"""Pipelines: per-frame analyses that plug into the router."""

@@ -1,0 +1,203 @@
+"""Router and pipeline workers: every frame gets a disposition, nothing is dropped silently.
+
+The router runs on the event loop: it numbers every ingest event (``seq``), counts it, routes
+frames by stream to pipeline workers, and records rejections. Each worker owns a bounded queue
+with a named overload policy and runs its pipeline in an executor thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+
+from monitor.config import PipelineSettings
+from monitor.frames import Disposition, Frame, Rejection, SeriesEvent, Status
+from monitor.live import LiveFrame, display_image
+from monitor.pipelines.base import Pipeline, Result
+from monitor.telemetry import Telemetry
+
+log = logging.getLogger("monitor.router")
+
+ResultsHandler = Callable[[Pipeline, list[Result]], None]
+DispositionHandler = Callable[[Disposition], None]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    results: list[Result]
+    live: list[LiveFrame]
+    error: str = ""
+
+
+class PipelineWorker:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        settings: PipelineSettings,
+        executor: Executor,
+        telemetry: Telemetry,
+        on_results: ResultsHandler,
+        on_disposition: DispositionHandler,
+        on_live: Callable[[LiveFrame], None],
+        live_interval_s: float = 0.2,
+    ) -> None:
+        self.pipeline = pipeline
+        self.settings = settings
+        self._executor = executor
+        self._telemetry = telemetry
+        self._on_results = on_results
+        self._on_disposition = on_disposition
+        self._on_live = on_live
+        self._live_interval = live_interval_s
+        self._last_live: dict[str, float] = {}
+        self.queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize=settings.queue_size)
+        self.in_flight = 0
+
+    @property
+    def name(self) -> str:
+        return self.pipeline.name
+
+    def skip(self, frame: Frame, reason: str) -> None:
+        self._telemetry.skipped[reason] += 1
+        self._on_disposition(Disposition.for_frame(frame, self.name, Status.SKIPPED, reason))
+
+    async def submit(self, frame: Frame) -> None:
+        if self.settings.policy == "block":
+            await self.queue.put(frame)
+            return
+        if self.queue.full():
+            oldest = self.queue.get_nowait()
+            self.queue.task_done()
+            self.skip(oldest, "overload")
+        self.queue.put_nowait(frame)
+
+    def _compute(self, batch: list[Frame]) -> BatchOutcome:
+        """Runs in the executor thread: the pipeline plus display downsampling."""
+        try:
+            results = self.pipeline.process(batch)
+        except (
+            ValueError,
+            TypeError,
+            ArithmeticError,
+            RuntimeError,
+            MemoryError,
+            IndexError,
+            KeyError,
+        ) as exc:
+            return BatchOutcome([], [], f"{type(exc).__name__}: {exc}")
+        if len(results) != len(batch):
+            return BatchOutcome([], [], f"pipeline returned {len(results)} results for {len(batch)} frames")
+        live = []
+        now = time.monotonic()
+        for res in results:
+            stream = res.frame.stream
+            if now - self._last_live.get(stream, -1e9) >= self._live_interval:
+                self._last_live[stream] = now
+                f = res.frame
+                live.append(
+                    LiveFrame(
+                        stream=stream,
+                        source=f.source,
+                        series=f.series,
+                        index=f.index,
+                        t_received=f.t_received,
+                        image=display_image(f.array),
+                        scalars=tuple((k, float(v)) for k, v in res.scalars.items()),
+                    )
+                )
+        return BatchOutcome(results, live)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self.queue.get()
+            batch = [first]
+            while len(batch) < self.settings.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            self.in_flight = len(batch)
+            t_start = time.time()
+            try:
+                outcome = await loop.run_in_executor(self._executor, self._compute, batch)
+                self._finish(batch, outcome, t_start)
+            finally:
+                self.in_flight = 0
+                for _ in batch:
+                    self.queue.task_done()
+
+    def _finish(self, batch: Sequence[Frame], outcome: BatchOutcome, t_start: float) -> None:
+        t_done = time.time()
+        if outcome.error:
+            log.error("pipeline %s failed on %d frame(s): %s", self.name, len(batch), outcome.error)
+            for f in batch:
+                self._telemetry.failed[self.name] += 1
+                reason = outcome.error.split(":", 1)[0][:60]
+                self._on_disposition(Disposition.for_frame(f, self.name, Status.FAILED, reason, t_done))
+            return
+        results = [
+            dataclasses.replace(
+                r, latency=dataclasses.replace(r.latency, queued=t_start - r.frame.t_received)
+            )
+            for r in outcome.results
+        ]
+        self._on_results(self.pipeline, results)
+        for r in results:
+            self._telemetry.processed[self.name] += 1
+            self._telemetry.rate_out.mark()
+            self._telemetry.observe_latency(t_done - r.frame.t_received)
+            self._on_disposition(Disposition.for_frame(r.frame, self.name, Status.PROCESSED, "", t_done))
+        for lf in outcome.live:
+            self._on_live(lf)
+
+    def drain_remaining(self, reason: str) -> int:
+        """Mark every still-queued frame skipped (shutdown past its deadline). Returns the count."""
+        n = 0
+        while not self.queue.empty():
+            self.skip(self.queue.get_nowait(), reason)
+            self.queue.task_done()
+            n += 1
+        return n
+
+
+class Router:
+    def __init__(
+        self, workers: Sequence[PipelineWorker], telemetry: Telemetry, on_disposition: DispositionHandler
+    ) -> None:
+        self._workers = list(workers)
+        self._telemetry = telemetry
+        self._on_disposition = on_disposition
+        self._seq = 0
+        self.last_seen: dict[str, float] = {}
+        self._by_stream: dict[str, list[PipelineWorker]] = {}
+        for w in self._workers:
+            for s in w.settings.streams:
+                self._by_stream.setdefault(s, []).append(w)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    async def route(self, event: Frame | Rejection | SeriesEvent) -> None:
+        self.last_seen[event.source] = time.monotonic()
+        if isinstance(event, SeriesEvent):
+            log.info("series %s on %s: %s", event.kind, event.source, event.series)
+            return
+        seq = self._next_seq()
+        self._telemetry.received[event.source] += 1
+        self._telemetry.rate_in.mark()
+        if isinstance(event, Rejection):
+            self._telemetry.rejected[event.reason] += 1
+            self._on_disposition(Disposition.for_rejection(dataclasses.replace(event, seq=seq)))
+            return
+        frame = dataclasses.replace(event, seq=seq)
+        workers = self._by_stream.get(frame.stream, [])
+        if not workers:
+            self._telemetry.skipped["no_pipeline"] += 1
+            self._on_disposition(Disposition.for_frame(frame, "", Status.SKIPPED, "no_pipeline"))
+            return
+        for w in workers:
+            await w.submit(frame)
+        self._telemetry.queue_depth = sum(w.queue.qsize() for w in self._workers)
