@@ -71,7 +71,7 @@ class PipelineSettings:
 @dataclass(frozen=True)
 class StoreSettings:
     directory: str = "runs"
-    filename: str = "{run}.h5"
+    filename: str = "{run}-{time}.h5"
     flush_interval_s: float = 0.5
     compression: Literal["bslz4", "gzip", "none"] = "bslz4"
     chunk_rows: int = 256

@@ -123,6 +123,11 @@ class PipelineWorker:
             try:
                 outcome = await loop.run_in_executor(self._executor, self._compute, batch)
                 self._finish(batch, outcome, t_start)
+            except asyncio.CancelledError:
+                # Cancelled mid-batch (forced shutdown): account for the frames, then stop.
+                for f in batch:
+                    self.skip(f, "shutdown")
+                raise
             finally:
                 self.in_flight = 0
                 for _ in batch:

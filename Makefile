@@ -1,0 +1,44 @@
+# operando-monitor: `make demo` runs simulator → daemon → dashboard; `make test` runs the suite.
+# Both create .venv and install what they need.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint chromium bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch is pinned; install it first so nothing pulls a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Debian chromium for the browser tests: installed when missing and we are root.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian chromium for the browser tests"; \
+		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; \
+	else \
+		echo "WARNING: /usr/bin/chromium missing and not root: browser tests will SKIP"; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP) chromium lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/operando-monitor demo $(DEMO_ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/operando-monitor bench ingest --json bench/ingest.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

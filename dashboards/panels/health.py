@@ -1,0 +1,131 @@
+"""Health panel: fps in/out and latency p50/p99 over time, and the accounting counters."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import numpy as np
+from bokeh.layouts import column
+from bokeh.models import ColumnDataSource, DatetimeTickFormatter, Div, UIElement
+from bokeh.plotting import figure
+
+from dashboards.panels.style import (
+    FPS_IN_COLOR,
+    FPS_OUT_COLOR,
+    P50_COLOR,
+    P99_COLOR,
+    SECTION_STYLE,
+    TEXT_MUTED,
+    age,
+    heading,
+)
+from monitor.telemetry import TelemetrySnapshot
+
+PLOT_WIDTH = 700
+PLOT_HEIGHT = 210
+_COLUMNS = ("t", "fps_in", "fps_out", "p50", "p99")
+_COUNTERS = ("received", "processed", "skipped", "rejected", "failed", "queue_depth", "upstream_gaps")
+
+
+def _time_plot(name: str, title: str, y_label: str) -> figure:
+    p = figure(
+        name=name,
+        css_classes=[f"om-{name.replace('_', '-')}"],
+        title=title,
+        width=PLOT_WIDTH,
+        height=PLOT_HEIGHT,
+        x_axis_type="datetime",
+        tools="pan,xwheel_zoom,box_zoom,reset",
+        toolbar_location="right",
+    )
+    p.yaxis.axis_label = y_label
+    p.xaxis.formatter = DatetimeTickFormatter(seconds="%H:%M:%S", minsec="%H:%M:%S", minutes="%H:%M")
+    p.title.text_font_size = "13px"
+    p.y_range.start = 0
+    return p
+
+
+def _columns(snaps: Sequence[TelemetrySnapshot]) -> dict[str, np.ndarray]:
+    return {
+        "t": np.array([s.t * 1e3 for s in snaps], dtype=np.float64),  # datetime axes use ms
+        "fps_in": np.array([s.fps_in for s in snaps], dtype=np.float64),
+        "fps_out": np.array([s.fps_out for s in snaps], dtype=np.float64),
+        "p50": np.array([s.latency_p50_ms for s in snaps], dtype=np.float64),
+        "p99": np.array([s.latency_p99_ms for s in snaps], dtype=np.float64),
+    }
+
+
+class HealthPanel:
+    """Streams new telemetry snapshots into rolling plots and shows the latest counters."""
+
+    def __init__(self, history: int) -> None:
+        self.history = max(1, history)
+        self.source = ColumnDataSource(data=_columns(()), name="health_source")
+        self.fps = _time_plot("health_fps", "Frame rate", "frames / s")
+        self.latency = _time_plot("health_latency", "Latency (receive → result)", "ms")
+        for plot, field, color, label in (
+            (self.fps, "fps_in", FPS_IN_COLOR, "in"),
+            (self.fps, "fps_out", FPS_OUT_COLOR, "out"),
+            (self.latency, "p50", P50_COLOR, "p50"),
+            (self.latency, "p99", P99_COLOR, "p99"),
+        ):
+            plot.line("t", field, source=self.source, color=color, line_width=2, legend_label=label)
+        for p in (self.fps, self.latency):
+            p.legend.location = "top_left"
+            p.legend.orientation = "horizontal"
+            p.legend.background_fill_alpha = 0.6
+        self.counters = Div(
+            name="counters", css_classes=["om-counters"], text=self._counters_html(None), width=PLOT_WIDTH
+        )
+        self.layout: UIElement = column(
+            Div(text=heading("Health")), self.counters, self.fps, self.latency, styles=SECTION_STYLE
+        )
+        self._last_t = float("-inf")
+        self._latest: TelemetrySnapshot | None = None
+        self._counters_text = self.counters.text
+
+    def update(self, snaps: Sequence[TelemetrySnapshot], now: float | None = None) -> None:
+        """Stream the snapshots newer than the last one shown; refresh the counters."""
+        new = [s for s in snaps if s.t > self._last_t]
+        if new:
+            self._last_t = new[-1].t
+            self._latest = new[-1]
+            self.source.stream(_columns(new), rollover=self.history)
+        self.tick(now)
+
+    def tick(self, now: float | None = None) -> None:
+        text = self._counters_html(self._latest, now)
+        if text != self._counters_text:
+            self._counters_text = text
+            self.counters.text = text
+
+    @staticmethod
+    def _counters_html(snap: TelemetrySnapshot | None, now: float | None = None) -> str:
+        if snap is None:
+            return f'<div class="om-counter-grid" style="color: {TEXT_MUTED}">no telemetry yet</div>'
+        cells = []
+        for key in _COUNTERS:
+            value = int(getattr(snap, key))
+            alert = key in ("rejected", "failed", "upstream_gaps") and value > 0
+            color = "#b91c1c" if alert else "#111827"
+            cells.append(
+                f'<div class="om-counter" style="min-width: 84px; padding: 2px 6px;">'
+                f'<div style="color: {TEXT_MUTED}; font-size: 11px;">{key.replace("_", " ")}</div> '
+                f'<div style="font: 600 18px/1.2 ui-monospace, monospace; color: {color};">{value}</div>'
+                f"</div>"
+            )
+        breakdowns = []
+        for label, pairs in (
+            ("rejected by reason", snap.rejected_by_reason),
+            ("skipped by reason", snap.skipped_by_reason),
+        ):
+            body = ", ".join(f"{html.escape(r)} {n}" for r, n in pairs) if pairs else "none"
+            breakdowns.append(f'<span style="color: {TEXT_MUTED}">{label}:</span> {body}')
+        return (
+            '<div class="om-counter-grid" style="font-family: system-ui, sans-serif;">'
+            f'<div style="display: flex; flex-wrap: wrap; gap: 4px;">{"".join(cells)}</div>'
+            f'<div style="font-size: 12px; margin-top: 4px;">{" &nbsp;·&nbsp; ".join(breakdowns)}'
+            f' &nbsp;·&nbsp; <span style="color: {TEXT_MUTED}">snapshot age</span> {age(snap.t, now)}</div>'
+            "</div>"
+        )

@@ -1,0 +1,1 @@
+"""Benchmarks (run by `operando-monitor bench ...`; not imported by the daemon)."""

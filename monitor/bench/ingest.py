@@ -1,0 +1,151 @@
+"""`bench ingest`: raw pyzmq PULL throughput (the ceiling) vs the daemon's received→stored rate.
+
+Both measurements use the same sender (a separate process running `operando-monitor simulate`
+as fast as it can) in one run, so the ratio is meaningful on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zmq
+
+from monitor.config import (
+    DaemonSettings,
+    DashboardSettings,
+    MonitorConfig,
+    PipelineSettings,
+    SourceSettings,
+    StoreSettings,
+)
+from monitor.store import RunReader
+
+DEFAULT_FRAMES = {2048: 150, 512: 1500}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_sender(endpoint: str, size: int, count: int) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable, "-m", "monitor.cli", "--log-level", "WARNING", "simulate",
+        "--endpoint", endpoint, "--rate", "0", "--shape", str(size), str(size),
+        "--count", str(count), "--socket", "push", "--mode", "bind",
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def measure_raw(size: int, count: int) -> tuple[float, int]:
+    """Frames/s that a bare PULL socket receives from the sender, and frames received."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    proc = start_sender(endpoint, size, count)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVTIMEO, 20000)
+    sock.connect(endpoint)
+    n = 0
+    t_first = t_last = 0.0
+    try:
+        while n < count:
+            parts = sock.recv_multipart(copy=False)
+            if len(parts) != 2:  # series start/end control messages
+                continue
+            t_last = time.perf_counter()
+            if n == 0:
+                t_first = t_last
+            n += 1
+    except zmq.Again:
+        pass
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+        proc.wait(timeout=30)
+    fps = (n - 1) / (t_last - t_first) if n > 1 and t_last > t_first else 0.0
+    return fps, n
+
+
+async def _measure_daemon(size: int, count: int, out_dir: Path) -> tuple[float, int, dict[str, int]]:
+    from monitor.daemon import Daemon
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cfg = MonitorConfig(
+        run=f"bench-{size}",
+        daemon=DaemonSettings(shutdown_timeout_s=30, telemetry_interval_s=0.5),
+        sources=(SourceSettings(name="sim", kind="array10", endpoint=endpoint, max_frame_bytes=64 << 20),),
+        pipelines=(PipelineSettings(name="stats", kind="frame_stats"),),
+        store=StoreSettings(directory=str(out_dir), filename="{run}.h5", flush_interval_s=0.05),
+        dashboard=DashboardSettings(enabled=False),
+    )
+    daemon = Daemon(cfg)
+    await daemon.start()
+    proc = start_sender(endpoint, size, count)
+    t_first = t_done = 0.0
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            received = sum(daemon.telemetry.received.values())
+            if received and not t_first:
+                t_first = time.perf_counter()
+            if daemon.recorder.dispositions_written >= count:
+                t_done = time.perf_counter()
+                break
+            await asyncio.sleep(0.002)
+    finally:
+        daemon.request_exit()
+        await daemon.shutdown()
+        await asyncio.to_thread(proc.wait, 30)
+    t = daemon.telemetry
+    counts = {
+        "processed": sum(t.processed.values()),
+        "skipped": sum(t.skipped.values()),
+        "rejected": sum(t.rejected.values()),
+        "failed": sum(t.failed.values()),
+    }
+    with RunReader(daemon.store_path) as reader:
+        accounted = len(reader.accounted_seqs())
+    fps = (count - 1) / (t_done - t_first) if t_done > t_first else 0.0
+    return fps, accounted, counts
+
+
+def run_ingest_bench(json_path: Path, frames: int | None = None, sizes: list[int] | None = None) -> int:
+    results: dict[str, object] = {
+        "benchmark": "ingest",
+        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+        "note": "raw = bare pyzmq PULL; daemon = array10 source → router → frame_stats → HDF5 "
+        "status row per frame; both from the same sender process, in one run",
+        "sizes": {},
+    }
+    for size in sizes or [2048, 512]:
+        count = frames or DEFAULT_FRAMES.get(size, 500)
+        raw_fps, raw_n = measure_raw(size, count)
+        with tempfile.TemporaryDirectory() as tmp:
+            daemon_fps, accounted, counts = asyncio.run(_measure_daemon(size, count, Path(tmp)))
+        entry = {
+            "shape": [size, size],
+            "dtype": "uint16",
+            "raw_fps": round(raw_fps, 2),
+            "daemon_fps": round(daemon_fps, 2),
+            "ratio": round(daemon_fps / raw_fps, 3) if raw_fps else 0.0,
+            "frames_sent": count,
+            "raw_frames_received": raw_n,
+            "frames_accounted": accounted,
+            "daemon_dispositions": counts,
+            "raw_mb_per_s": round(raw_fps * size * size * 2 / 1e6, 1),
+        }
+        results["sizes"][str(size)] = entry  # type: ignore[index]
+        print(json.dumps({str(size): entry}), file=sys.stderr)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {json_path}")
+    return 0

@@ -1,0 +1,182 @@
+"""`operando-monitor` command line: run, check, simulate, replay, demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from monitor.config import MonitorConfig, load_config
+from monitor.errors import MonitorError
+
+log = logging.getLogger("monitor.cli")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Bokeh/tornado access logs are noise in a control room console.
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    logging.getLogger("bokeh").setLevel(logging.WARNING)
+
+
+def _load_display(cfg: MonitorConfig) -> type | None:
+    if not cfg.dashboard.enabled:
+        return None
+    from monitor.display import load_display
+
+    return load_display("bokeh")
+
+
+async def _serve(cfg: MonitorConfig, config_text: str, store_path: Path | None = None) -> int:
+    from monitor.daemon import Daemon
+
+    daemon = Daemon(cfg, config_text=config_text, display=_load_display(cfg), store_path=store_path)
+    daemon.install_signal_handlers()
+    await daemon.serve()
+    print(f"results: {daemon.store_path}", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    setup_logging(args.log_level or cfg.daemon.log_level)
+    return asyncio.run(_serve(cfg, Path(args.config).read_text(encoding="utf-8")))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    print(f"{args.config}: OK")
+    print(f"  sources:   {', '.join(f'{s.name} ({s.kind})' for s in cfg.sources) or '(none)'}")
+    pipes = ", ".join(f"{p.name} ({p.kind}) <- {list(p.streams)}" for p in cfg.pipelines)
+    print(f"  pipelines: {pipes or '(none)'}")
+    print(f"  rules:     {', '.join(r.name for r in cfg.alerts.rules) or '(none)'}")
+    print(f"  store:     {cfg.store.directory}/{cfg.store.filename}")
+    dash = cfg.dashboard
+    print(f"  dashboard: {f'http://{dash.host}:{dash.port}/' if dash.enabled else 'disabled'}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from monitor.sim.array10 import run_simulator
+
+    setup_logging(args.log_level or "INFO")
+    if args.protocol != "array10":
+        raise MonitorError(f"protocol {args.protocol!r} is not implemented yet (available: array10)")
+    sent = asyncio.run(
+        run_simulator(
+            args.endpoint,
+            rate_hz=args.rate,
+            shape=(args.shape[0], args.shape[1]),
+            count=args.count,
+            socket=args.socket,
+            mode=args.mode,
+            stream=args.stream,
+            dtype=args.dtype,
+            seed=args.seed,
+        )
+    )
+    print(f"sent {sent} frames", file=sys.stderr)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from monitor.offline import replay_file
+
+    setup_logging(args.log_level or "WARNING")
+    summary = replay_file(
+        Path(args.input),
+        pipeline=args.pipeline,
+        out=Path(args.out),
+        dataset=args.dataset,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(summary)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.sim.demo import run_demo
+
+    setup_logging(args.log_level or "INFO")
+    return asyncio.run(run_demo(duration=args.duration, port=args.port, out_dir=Path(args.out)))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level or "WARNING")
+    if args.what == "ingest":
+        from monitor.bench.ingest import run_ingest_bench
+
+        return run_ingest_bench(Path(args.json), frames=args.frames, sizes=args.sizes)
+    raise MonitorError(f"unknown benchmark {args.what!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="operando-monitor", description=__doc__)
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the daemon from a TOML config")
+    r.add_argument("--config", required=True)
+    r.set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("check", help="validate a TOML config and print what it sets up")
+    c.add_argument("--config", required=True)
+    c.set_defaults(fn=cmd_check)
+
+    s = sub.add_parser("simulate", help="stream synthetic detector frames")
+    s.add_argument("--protocol", default="array10", choices=["array10"])
+    s.add_argument("--endpoint", required=True, help="e.g. tcp://127.0.0.1:5555")
+    s.add_argument("--rate", type=float, default=10.0, help="frames per second (0: as fast as possible)")
+    s.add_argument("--shape", type=int, nargs=2, default=[512, 512], metavar=("Y", "X"))
+    s.add_argument("--count", type=int, default=None, help="frames to send (default: until Ctrl-C)")
+    s.add_argument("--socket", default="push", choices=["push", "pub"])
+    s.add_argument("--mode", default="bind", choices=["bind", "connect"])
+    s.add_argument("--stream", default="frames")
+    s.add_argument("--dtype", default="uint16")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_simulate)
+
+    rp = sub.add_parser("replay", help="run a file through a pipeline offline (same result layout)")
+    rp.add_argument("input", help="HDF5 file, TIFF stack, or directory of TIFFs")
+    rp.add_argument("--pipeline", required=True, help="pipeline kind, e.g. frame_stats")
+    rp.add_argument("--out", required=True, help="results HDF5 file")
+    rp.add_argument("--dataset", default=None, help="HDF5 dataset path (default: auto-detect)")
+    rp.add_argument("--overwrite", action="store_true")
+    rp.add_argument("--no-progress", action="store_true")
+    rp.set_defaults(fn=cmd_replay)
+
+    d = sub.add_parser("demo", help="simulator + daemon + dashboard on this machine")
+    d.add_argument("--duration", type=float, default=None, help="exit cleanly after S seconds")
+    d.add_argument("--port", type=int, default=5006, help="dashboard port")
+    d.add_argument("--out", default="runs/demo", help="directory for the demo's HDF5 and journal")
+    d.set_defaults(fn=cmd_demo)
+
+    b = sub.add_parser("bench", help="benchmarks (JSON results)")
+    b.add_argument("what", choices=["ingest"])
+    b.add_argument("--json", required=True)
+    b.add_argument("--frames", type=int, default=None, help="frames per measurement")
+    b.add_argument("--sizes", type=int, nargs="*", default=None, help="square frame sizes, e.g. 2048 512")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except MonitorError as exc:
+        print(f"operando-monitor: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

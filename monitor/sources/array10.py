@@ -1,0 +1,452 @@
+"""array10 source: PSI "array-1.0" / areaDetector NDPluginZMQ multipart frames over ZeroMQ.
+
+A message is ``[JSON header, raw pixel bytes]`` (PROTOCOLS.md §1); one-part
+``series-start-1.0`` / ``series-end-1.0`` headers bracket a run. :func:`decode_array10` is a
+pure function that turns the parts of one message into a :class:`~monitor.frames.Frame` or
+:class:`~monitor.frames.SeriesEvent`, or raises :class:`~monitor.errors.FrameRejected` with a
+stable reason code. :class:`Array10Source` receives messages and never raises on bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from monitor.config import SourceSettings
+from monitor.errors import FrameRejected, SourceError
+from monitor.frames import Frame, FrameMeta, Rejection, SeriesEvent
+from monitor.sources.base import Emit
+
+log = logging.getLogger("monitor.sources.array10")
+
+DATA_HTYPE = "array-1.0"
+CONTROL_HTYPES: Mapping[str, str] = MappingProxyType({"series-start-1.0": "start", "series-end-1.0": "end"})
+_DTYPE_NAMES = "uint8 uint16 uint32 uint64 int8 int16 int32 int64 float32 float64".split()
+DTYPES: Mapping[str, np.dtype] = MappingProxyType({name: np.dtype(name) for name in _DTYPE_NAMES})
+MAX_HEADER_BYTES = 1 << 20
+"""A JSON header larger than this is rejected (``oversize``) before it is decoded."""
+
+REASONS = tuple(
+    "missing_parts extra_parts bad_json not_an_object bad_htype bad_dtype bad_shape size_mismatch oversize "
+    "bad_endianness unsupported_encoding bad_frame_number bad_metadata bad_buffer".split()
+)
+"""Every reason code :func:`decode_array10` can raise."""
+
+_INT64_MAX = 2**63 - 1
+_FLOAT_META = ("energy_eV", "slice_z", "current_mA")
+_INT_META = ("cycle", "step")
+
+
+class Array10Rejected(FrameRejected):
+    """A :class:`FrameRejected` that also carries what was learnt of the message's identity."""
+
+    def __init__(
+        self, reason: str, detail: str, *, index: int = -1, stream: str | None = None, series: str = ""
+    ) -> None:
+        super().__init__(reason, detail)
+        self.index = index
+        self.stream = stream
+        self.series = series
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _bytes_view(part: object, what: str) -> memoryview:
+    try:
+        view = memoryview(part)  # type: ignore[arg-type]
+        if view.ndim != 1 or view.format not in ("B", "b", "c"):
+            view = view.cast("B")
+    except TypeError as exc:
+        raise FrameRejected("bad_buffer", f"{what} is not a contiguous byte buffer: {exc}") from None
+    return view
+
+
+def _parse_header(part: object) -> dict[str, object]:
+    view = _bytes_view(part, "header part")
+    if view.nbytes > MAX_HEADER_BYTES:
+        raise FrameRejected("oversize", f"JSON header of {view.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        text = str(view, "utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FrameRejected("bad_json", f"header is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise FrameRejected("bad_json", f"header is not valid JSON: {_short(str(exc), 100)}") from None
+    if not isinstance(header, dict):
+        raise FrameRejected("not_an_object", f"JSON header is a {type(header).__name__}, not an object")
+    return header
+
+
+def _htype(header: Mapping[str, object]) -> tuple[str, bool]:
+    """Return (htype, legacy); legacy: the pre-1.4 ADZMQ one-element list (shape in x,y order)."""
+    raw = header.get("htype")
+    legacy = isinstance(raw, list) and len(raw) == 1
+    value = raw[0] if legacy else raw  # type: ignore[index]
+    if value is None and "htype" not in header:
+        raise FrameRejected("bad_htype", "header has no 'htype'")
+    if not isinstance(value, str) or (value != DATA_HTYPE and value not in CONTROL_HTYPES):
+        raise FrameRejected("bad_htype", f"unknown htype {_short(raw)}")
+    return value, legacy
+
+
+def _opt_str(header: Mapping[str, object], key: str) -> str | None:
+    if key not in header:
+        return None
+    value = header[key]
+    if not isinstance(value, str) or not value:
+        raise FrameRejected("bad_metadata", f"'{key}' must be a non-empty string, got {_short(value)}")
+    return value
+
+
+def _frame_number(header: Mapping[str, object]) -> int:
+    if "frame" not in header:
+        return -1
+    value = header["frame"]
+    if not _is_int(value) or not 0 <= value <= _INT64_MAX:  # type: ignore[operator]
+        raise FrameRejected(
+            "bad_frame_number", f"'frame' must be a non-negative integer, got {_short(value)}"
+        )
+    return value  # type: ignore[return-value]
+
+
+def _shape(header: Mapping[str, object], legacy: bool) -> tuple[int, int]:
+    raw = header.get("shape")
+    if not isinstance(raw, list) or not raw or not all(_is_int(d) and d > 0 for d in raw):
+        raise FrameRejected("bad_shape", f"'shape' must be a list of positive integers, got {_short(raw)}")
+    dims = raw[::-1] if legacy else list(raw)  # ADZMQ < 1.4 sent [x, y]
+    if len(dims) == 3 and dims[0] == 1:
+        dims = dims[1:]
+    if len(dims) != 2:
+        raise FrameRejected("bad_shape", f"expected a 2-D [y, x] (or [1, y, x]) shape, got {_short(raw)}")
+    return dims[0], dims[1]
+
+
+def _dtype(header: Mapping[str, object]) -> np.dtype:
+    if "encoding" in header and header["encoding"] != "":
+        raise FrameRejected(
+            "unsupported_encoding",
+            f"encoding {_short(header['encoding'])} is not supported: the array10 source only decodes "
+            'raw data (encoding ""); lz4/bslz4 are not implemented for array10 yet',
+        )
+    name = header.get("type")
+    if not isinstance(name, str) or name not in DTYPES:
+        raise FrameRejected(
+            "bad_dtype", f"unsupported 'type' {_short(name)} (expected one of {', '.join(DTYPES)})"
+        )
+    key = "endianness" if "endianness" in header else "endianess"
+    order = header.get(key, "little")
+    if order not in ("little", "big"):
+        raise FrameRejected("bad_endianness", f"'{key}' must be 'little' or 'big', got {_short(order)}")
+    return DTYPES[name].newbyteorder("<" if order == "little" else ">")
+
+
+def _meta(header: Mapping[str, object]) -> FrameMeta:
+    values: dict[str, object] = {}
+    for key in _FLOAT_META:
+        if key in header:
+            if not _is_number(header[key]):
+                raise FrameRejected(
+                    "bad_metadata", f"'{key}' must be a finite number, got {_short(header[key])}"
+                )
+            values[key] = float(header[key])  # type: ignore[arg-type]
+    for key in _INT_META:
+        if key in header:
+            value = header[key]
+            if not _is_int(value) or not -_INT64_MAX <= value <= _INT64_MAX:  # type: ignore[operator]
+                raise FrameRejected("bad_metadata", f"'{key}' must be an integer, got {_short(value)}")
+            values[key] = value
+    extra: Mapping[str, str | int | float | bool] = MappingProxyType({})
+    if "ndattr" in header:
+        ndattr = header["ndattr"]
+        if not isinstance(ndattr, dict):
+            raise FrameRejected("bad_metadata", f"'ndattr' must be an object, got {_short(ndattr)}")
+        extra = MappingProxyType({k: v for k, v in ndattr.items() if isinstance(v, str | int | float | bool)})
+    return FrameMeta(extra=extra, **values)  # type: ignore[arg-type]
+
+
+def _timestamp(header: Mapping[str, object], default: float) -> float:
+    if "timeStamp" not in header:
+        return default
+    value = header["timeStamp"]
+    if not _is_number(value):
+        raise FrameRejected("bad_metadata", f"'timeStamp' must be a finite number, got {_short(value)}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _pixels(data: object, dtype: np.dtype, shape: tuple[int, int], max_frame_bytes: int) -> np.ndarray:
+    declared = shape[0] * shape[1] * dtype.itemsize
+    if declared > max_frame_bytes:
+        raise FrameRejected(
+            "oversize", f"declared frame of {declared} bytes exceeds max_frame_bytes={max_frame_bytes}"
+        )
+    view = _bytes_view(data, "data part")
+    if view.nbytes > max_frame_bytes:
+        raise FrameRejected(
+            "oversize", f"data part of {view.nbytes} bytes exceeds max_frame_bytes={max_frame_bytes}"
+        )
+    if view.nbytes != declared:
+        raise FrameRejected(
+            "size_mismatch",
+            f"data part has {view.nbytes} bytes; shape {list(shape)} x {dtype.name} needs {declared}",
+        )
+    array = np.frombuffer(view, dtype=dtype).reshape(shape)  # zero-copy, read-only
+    if not dtype.isnative:
+        array = array.astype(dtype.newbyteorder("="))
+    return array
+
+
+def decode_array10(
+    parts: Sequence[bytes | memoryview],
+    *,
+    source: str,
+    default_stream: str,
+    max_frame_bytes: int,
+    t_received: float,
+) -> Frame | SeriesEvent:
+    """Decode one array-1.0 message, or raise :class:`FrameRejected` (see :data:`REASONS`).
+
+    Little-endian pixels are a read-only zero-copy view of ``parts[1]``; big-endian pixels
+    are converted to native order. A frame without ``frame`` gets ``index == -1``.
+    """
+    if len(parts) == 0:
+        raise FrameRejected("missing_parts", "empty message (no parts)")
+    header = _parse_header(parts[0])
+    htype, legacy = _htype(header)
+    if htype in CONTROL_HTYPES:
+        if len(parts) > 1:
+            raise FrameRejected("extra_parts", f"{htype} control message has {len(parts)} parts, expected 1")
+        series = _opt_str(header, "series") or ""
+        return SeriesEvent(source=source, series=series, kind=CONTROL_HTYPES[htype], t_received=t_received)
+    if len(parts) == 1:
+        raise FrameRejected("missing_parts", "array-1.0 header without a data part")
+    if len(parts) > 2:
+        raise FrameRejected("extra_parts", f"array-1.0 message has {len(parts)} parts, expected 2")
+    index = _frame_number(header)
+    stream = _opt_str(header, "stream") or default_stream
+    series = _opt_str(header, "series") or ""
+    try:
+        dtype = _dtype(header)
+        shape = _shape(header, legacy)
+        meta = _meta(header)
+        t_detector = _timestamp(header, t_received)
+        array = _pixels(parts[1], dtype, shape, max_frame_bytes)
+    except FrameRejected as exc:
+        raise Array10Rejected(exc.reason, exc.detail, index=index, stream=stream, series=series) from None
+    return Frame(
+        stream=stream,
+        source=source,
+        series=series,
+        index=index,
+        array=array,
+        t_detector=t_detector,
+        t_received=t_received,
+        meta=meta,
+    )
+
+
+class GapCounter:
+    """Counts frame numbers skipped by the sender's numbering, per stream within a series."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._last: dict[str, tuple[str, int]] = {}
+
+    def observe(self, stream: str, series: str, index: int) -> int:
+        """Record a received frame number; return how many numbers it skipped (0 if none)."""
+        if index < 0:
+            return 0
+        prev = self._last.get(stream)
+        self._last[stream] = (series, index)
+        if prev is None or prev[0] != series or index <= prev[1] + 1:
+            return 0  # first frame, new series, in order, or a backwards jump (restart): reset
+        missing = index - prev[1] - 1
+        self.total += missing
+        return missing
+
+    def reset(self, series: str) -> None:
+        """A series started or ended: forget what we know about its numbering."""
+        self._last = {k: v for k, v in self._last.items() if v[0] != series}
+
+
+class RejectionLog:
+    """One warning line per rejected message, at most one per reason per interval (+ count)."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 1.0) -> None:
+        self._logger = logger
+        self._interval = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def warn(self, reason: str, message: str) -> None:
+        now = time.monotonic()
+        last = self._last.get(reason)
+        if last is not None and now - last < self._interval:
+            self._suppressed[reason] += 1
+            return
+        n = self._suppressed.pop(reason, 0)
+        more = f" (+{n} more '{reason}' rejections in the last {now - last:.1f} s)" if n and last else ""
+        self._logger.warning("%s%s", message, more)
+        self._last[reason] = now
+
+    def flush(self, prefix: str) -> None:
+        for reason, n in sorted(self._suppressed.items()):
+            self._logger.warning("%s: %d more '%s' rejections not logged individually", prefix, n, reason)
+        self._suppressed.clear()
+
+
+class Array10Source:
+    """Receive array-1.0 messages on a PULL or SUB socket and emit ingest events."""
+
+    def __init__(
+        self,
+        settings: SourceSettings,
+        context: zmq.asyncio.Context | None = None,
+        *,
+        poll_interval_s: float = 0.05,
+    ) -> None:
+        if settings.kind != "array10":
+            raise SourceError(
+                f"source {settings.name!r}: Array10Source needs kind 'array10', got {settings.kind!r}"
+            )
+        if not settings.endpoint:
+            raise SourceError(f"source {settings.name!r}: an endpoint is required")
+        self.name = settings.name
+        self.settings = settings
+        self.last_endpoint = ""
+        """The endpoint actually connected or bound (a port-0 bind shows the real port)."""
+        self.received = 0
+        self.frames = 0
+        self.series_events = 0
+        self.rejected: Counter[str] = Counter()
+        self._ctx = context if context is not None else zmq.asyncio.Context.instance()
+        self._poll_ms = max(1, int(poll_interval_s * 1000))
+        self._socket: zmq.asyncio.Socket | None = None
+        self._gaps = GapCounter()
+        self._rejections = RejectionLog(log)
+
+    def upstream_gaps(self) -> int:
+        return self._gaps.total
+
+    def open(self) -> str:
+        """Create, configure and connect/bind the socket (``run`` does this if needed)."""
+        if self._socket is not None:
+            return self.last_endpoint
+        s = self.settings
+        sock = self._ctx.socket(zmq.SUB if s.socket == "sub" else zmq.PULL)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, s.rcvhwm)
+            if s.socket == "sub":
+                # PUB/SUB drops silently when we fall behind: loss shows up in upstream_gaps().
+                sock.setsockopt(zmq.SUBSCRIBE, s.topic.encode())
+            if s.mode == "bind":
+                sock.bind(s.endpoint)
+            else:
+                sock.connect(s.endpoint)
+            self.last_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT) or s.endpoint
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise SourceError(
+                f"source {self.name!r}: cannot {s.mode} {s.socket} socket to {s.endpoint!r}: {exc}"
+            ) from exc
+        self._socket = sock
+        log.info("source %r: %s %s %s", self.name, s.socket.upper(), s.mode, self.last_endpoint)
+        return self.last_endpoint
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    async def run(self, emit: Emit, stop: asyncio.Event) -> None:
+        self.open()
+        sock = self._socket
+        assert sock is not None
+        try:
+            while not stop.is_set():
+                if not await sock.poll(self._poll_ms, zmq.POLLIN):
+                    continue
+                # Drain what is queued without polling again for every message.
+                for _ in range(256):
+                    try:
+                        parts = await sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    await self._handle(parts, emit)
+                    if stop.is_set():
+                        break
+        finally:
+            self.close()
+            self._rejections.flush(f"source {self.name!r}")
+            log.info(
+                "source %r stopped: %d received, %d frames, %d rejected, %d upstream gaps",
+                self.name,
+                self.received,
+                self.frames,
+                sum(self.rejected.values()),
+                self._gaps.total,
+            )
+
+    async def _handle(self, parts: Sequence[zmq.Frame], emit: Emit) -> None:
+        t_received = time.time()
+        self.received += 1
+        try:
+            event = decode_array10(
+                [p.buffer for p in parts],
+                source=self.name,
+                default_stream=self.settings.stream,
+                max_frame_bytes=self.settings.max_frame_bytes,
+                t_received=t_received,
+            )
+        except FrameRejected as exc:
+            index = -1
+            if isinstance(exc, Array10Rejected):
+                index = exc.index
+                if exc.stream is not None:
+                    self._gaps.observe(exc.stream, exc.series, index)
+            self.rejected[exc.reason] += 1
+            where = f" (frame {index})" if index >= 0 else ""
+            self._rejections.warn(
+                exc.reason,
+                f"source {self.name!r}: rejected message #{self.received}{where}: {exc.reason}: {exc.detail}",
+            )
+            await emit(Rejection(self.name, exc.reason, exc.detail, t_received=t_received, index=index))
+            return
+        if isinstance(event, SeriesEvent):
+            self.series_events += 1
+            self._gaps.reset(event.series)
+        else:
+            self.frames += 1
+            missing = self._gaps.observe(event.stream, event.series, event.index)
+            if missing:
+                log.debug(
+                    "source %r: %d frame numbers missing before frame %d", self.name, missing, event.index
+                )
+        await emit(event)
