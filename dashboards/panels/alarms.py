@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 from bokeh.layouts import column, row
 from bokeh.models import (
+    AllIndices,
     Button,
+    CDSView,
     ColumnDataSource,
     DataTable,
     Div,
@@ -84,6 +86,11 @@ class AlarmsPanel:
     def __init__(self, live: LiveState) -> None:
         self.live = live
         self.source = ColumnDataSource(data=_rows(()), name="alarms_source")
+        # BokehJS (3.9) refreshes a DataTable only when its CDSView changes, and replacing the
+        # data with as many rows leaves the view's indices equal: no refresh. Flipping between
+        # two equivalent filters changes the view, so the grid redraws with the new rows.
+        self._filters = (AllIndices(), AllIndices())
+        self._flip = 0
         columns = [
             TableColumn(field="id", title="Alarm id", width=190),
             TableColumn(
@@ -107,6 +114,7 @@ class AlarmsPanel:
             name="alarms_table",
             css_classes=["om-alarms-table"],
             source=self.source,
+            view=CDSView(filter=self._filters[0]),
             columns=columns,
             width=TABLE_WIDTH,
             height=200,
@@ -157,6 +165,8 @@ class AlarmsPanel:
         selected = self._selected_id()
         self._alarms = alarms
         self.source.data = _rows(alarms)
+        self._flip ^= 1
+        self.table.view.filter = self._filters[self._flip]
         ids = [a.id for a in alarms]
         self.source.selected.indices = [ids.index(selected)] if selected in ids else []
         self.summary.text = self._summary_html(alarms)

@@ -38,11 +38,7 @@ def free_port() -> int:
 
 
 def start_sender(endpoint: str, size: int, count: int) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable, "-m", "monitor.cli", "--log-level", "WARNING", "simulate",
-        "--endpoint", endpoint, "--rate", "0", "--shape", str(size), str(size),
-        "--count", str(count), "--socket", "push", "--mode", "bind",
-    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "monitor.bench.sender", endpoint, str(size), str(count)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

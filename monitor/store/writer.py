@@ -66,11 +66,19 @@ class RunStore:
             self._arrays: dict[str, dict[str, h5py.Dataset]] = {}
             self._create(settings, compression, config_toml, versions, sources, run, t_start)
             self._f.swmr_mode = True
+        except (OSError, ValueError, TypeError) as exc:
+            self._abandon()
+            raise StoreError(f"cannot lay out run file {self.path}: {exc}") from exc
         except BaseException:
-            self._closed = True
-            self._f.close()
+            self._abandon()
             raise
         self._rows = dict.fromkeys(self._tables, 0)
+
+    def _abandon(self) -> None:
+        """Creation failed: close and remove the half-made file so a retry can create it."""
+        self._closed = True
+        self._f.close()
+        self.path.unlink(missing_ok=True)
 
     # -- creation (before SWMR) ---------------------------------------------------------
 

@@ -104,6 +104,11 @@ def _received(text: str) -> int:
     return int(match.group(1))
 
 
+def _console(kind: str, text: str, errors: list[str]) -> None:
+    if kind == "error":
+        errors.append(f"console error: {text}")
+
+
 def _image_stats(png: bytes) -> tuple[float, int]:
     """Pixel std-dev and colour count of the central half of a screenshot (the plot area)."""
     from PIL import Image
@@ -149,6 +154,9 @@ async def test_dashboard_in_browser(tmp_path: Path) -> None:
             browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:
                 page = await browser.new_page(viewport={"width": 1400, "height": 1150})
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+                page.on("console", lambda msg: _console(msg.type, msg.text, errors))
                 await page.goto(url)
                 await expect(page).to_have_title("operando-monitor", timeout=WAIT_MS)
 
@@ -198,9 +206,6 @@ async def test_dashboard_in_browser(tmp_path: Path) -> None:
                 assert attempts[-1] == (ALARM_ID, "alice", TOKEN, True)
                 (alarm,) = live.alarms()
                 assert alarm.state is AlarmState.ACKNOWLEDGED and alarm.acked_by == "alice"
-                await asyncio.sleep(1)
-                await page.screenshot(path="/tmp/dbg.png", full_page=True)
-                print("JS", await page.evaluate("() => Bokeh.documents[0].get_model_by_name('alarms_source').data.state"))
                 await expect(table).to_contain_text("acknowledged", timeout=WAIT_MS)
                 await expect(table).to_contain_text("alice")
 
@@ -208,6 +213,7 @@ async def test_dashboard_in_browser(tmp_path: Path) -> None:
                 await page.screenshot(path=str(shot), full_page=True)
                 shutil.copyfile(shot, "/tmp/dashboard.png")
                 assert second > first
+                assert not errors, "browser reported errors:\n" + "\n".join(errors)
             finally:
                 await browser.close()
     finally:

@@ -139,4 +139,6 @@ def test_escalation_reactivates_acknowledged(tmp_path: Path) -> None:
     m.acknowledge("r:s", "op")
     m.apply(r.evaluate("s", 0.9))  # type: ignore[arg-type]
     a = m.get("r:s")
-    assert a is not None and a.state is AlarmState.ACTIVE and a.severity is Severity.MAJOR and a.acked_by == ""
+    assert (
+        a is not None and a.state is AlarmState.ACTIVE and a.severity is Severity.MAJOR and a.acked_by == ""
+    )

@@ -59,14 +59,36 @@ def test_good_config_loads(tmp_path: Path) -> None:
         ({"sources": [{"name": "a", "kind": "carrier-pigeon"}]}, "sources[0].kind", "expected one of"),
         ({"sources": [{"kind": "array10"}]}, "sources[0].name", "required key is missing"),
         ({"sources": [{"name": "a", "kind": "array10"}]}, "sources[0].endpoint", "required"),
-        ({"sources": [{"name": "a", "kind": "replay", "path": "x", "rate_hz": -2}]}, "sources[0].rate_hz", ">= 0"),
-        ({"pipelines": [{"name": "p", "kind": "frame_stats", "queue_size": 0}]}, "pipelines[0].queue_size", "> 0"),
-        ({"pipelines": [{"name": "p", "kind": "frame_stats", "queue_size": 1.5}]}, "pipelines[0].queue_size", "int"),
-        ({"pipelines": [{"name": "p", "kind": "frame_stats", "streams": "frames"}]}, "pipelines[0].streams", "list"),
+        (
+            {"sources": [{"name": "a", "kind": "replay", "path": "x", "rate_hz": -2}]},
+            "sources[0].rate_hz",
+            ">= 0",
+        ),
+        (
+            {"pipelines": [{"name": "p", "kind": "frame_stats", "queue_size": 0}]},
+            "pipelines[0].queue_size",
+            "> 0",
+        ),
+        (
+            {"pipelines": [{"name": "p", "kind": "frame_stats", "queue_size": 1.5}]},
+            "pipelines[0].queue_size",
+            "int",
+        ),
+        (
+            {"pipelines": [{"name": "p", "kind": "frame_stats", "streams": "frames"}]},
+            "pipelines[0].streams",
+            "list",
+        ),
         ({"dashboard": {"enabled": "yes"}}, "dashboard.enabled", "true or false"),
         ({"dashboard": {"port": 70000}}, "dashboard.port", "0..65535"),
         (
-            {"alerts": {"rules": [{"name": "r", "kind": "threshold", "pipeline": "nope", "metric": "m", "major": 1}]}},
+            {
+                "alerts": {
+                    "rules": [
+                        {"name": "r", "kind": "threshold", "pipeline": "nope", "metric": "m", "major": 1}
+                    ]
+                }
+            },
             "alerts.rules[0].pipeline",
             "no pipeline",
         ),

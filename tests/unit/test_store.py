@@ -303,6 +303,10 @@ def test_refuses_to_clobber_and_bad_names(tmp_path: Path) -> None:
     ):
         with pytest.raises(StoreError):
             RunStore(tmp_path / "bad.h5", settings, schemas, "", {}, [])
+    bad_dtype = {"p": ResultSchema(("a",), (ArraySpec("m", (2,), "not-a-dtype"),))}
+    with pytest.raises(StoreError, match="lay out"):
+        RunStore(tmp_path / "bad.h5", settings, bad_dtype, "", {}, [])
+    assert not (tmp_path / "bad.h5").exists()
     with pytest.raises(StoreError, match="compression"):
         RunStore(tmp_path / "bad.h5", StoreSettings(compression="zstd"), {}, "", {}, [])  # type: ignore[arg-type]
 

@@ -1,0 +1,181 @@
+"""`operando-monitor demo`: a simulated detector, the daemon and the dashboard on one machine.
+
+The simulated beam has periodic saturation bursts (so the ``saturation`` alarm raises and
+clears), and now and then the detector sends a malformed message (so the dashboard shows
+rejections with reasons). Pipeline issues extend this with their own simulated streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from monitor.config import (
+    AlertSettings,
+    DaemonSettings,
+    DashboardSettings,
+    MonitorConfig,
+    PipelineSettings,
+    RuleSettings,
+    SourceSettings,
+    StoreSettings,
+)
+from monitor.sim.array10 import encode_array10, series_end, series_start, synthetic_frames
+
+log = logging.getLogger("monitor.demo")
+
+FRAME_SHAPE = (512, 512)
+RATE_HZ = 20.0
+BURST_PERIOD_S = 20.0
+BURST_LENGTH_S = 5.0
+BAD_EVERY = 150
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def demo_config(
+    det_endpoint: str, alarm_endpoint: str, port: int, out_dir: Path, token: str
+) -> MonitorConfig:
+    return MonitorConfig(
+        run="demo",
+        daemon=DaemonSettings(shutdown_timeout_s=10.0),
+        sources=(SourceSettings(name="det1", kind="array10", endpoint=det_endpoint),),
+        pipelines=(PipelineSettings(name="stats", kind="frame_stats", streams=("frames",)),),
+        store=StoreSettings(directory=str(out_dir)),
+        alerts=AlertSettings(
+            zmq_pub=alarm_endpoint,
+            rules=(
+                RuleSettings(
+                    name="saturation",
+                    kind="threshold",
+                    pipeline="stats",
+                    metric="saturated_fraction",
+                    minor=0.002,
+                    major=0.01,
+                    hysteresis=0.001,
+                    min_count=3,
+                ),
+                RuleSettings(name="det1_silent", kind="silence", source="det1", timeout_s=5.0),
+            ),
+        ),
+        dashboard=DashboardSettings(port=port, operator_token=token),
+    )
+
+
+def beam(shape: tuple[int, int], seed: int = 0) -> Iterator[np.ndarray]:
+    """Synthetic frames with saturation bursts: a growing saturated region for a few seconds."""
+    frames = synthetic_frames(shape, "uint16", seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    t0 = time.monotonic()
+    for img in frames:
+        phase = (time.monotonic() - t0) % BURST_PERIOD_S
+        if phase > BURST_PERIOD_S - BURST_LENGTH_S:
+            frac = 0.02 * (phase - (BURST_PERIOD_S - BURST_LENGTH_S)) / BURST_LENGTH_S
+            n = int(frac * img.size)
+            flat = img.reshape(-1)
+            flat[rng.integers(0, img.size, n)] = np.iinfo(np.uint16).max
+        yield img
+
+
+def malformed(i: int) -> list[bytes]:
+    """One of a few kinds of broken messages, as real detectors occasionally send."""
+    kind = (i // BAD_EVERY) % 3
+    if kind == 0:
+        return [b"{not json", b"\x00" * 16]
+    if kind == 1:
+        header = {"htype": "array-1.0", "type": "uint16", "shape": [512, 512], "frame": i}
+        return [json.dumps(header).encode(), b"\x00" * 1000]
+    return [json.dumps({"htype": "array-1.0", "type": "complex64", "shape": [2, 2]}).encode(), b"\x00" * 32]
+
+
+async def simulate(endpoint: str, stop: asyncio.Event) -> int:
+    ctx = zmq.asyncio.Context.instance()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 50)
+    sock.bind(endpoint)
+    series = f"demo-{time.strftime('%Y%m%dT%H%M%S')}"
+    sent = 0
+    try:
+        await sock.send_multipart(series_start(series))
+        t0 = time.monotonic()
+        for i, img in enumerate(beam(FRAME_SHAPE)):
+            if stop.is_set():
+                break
+            delay = t0 + i / RATE_HZ - time.monotonic()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                    break
+                except TimeoutError:
+                    pass
+            msgs = [malformed(i)] if i and i % BAD_EVERY == 0 else []
+            msgs.append(encode_array10(img, frame=i, stream="frames", series=series))
+            for msg in msgs:
+                while not await sock.poll(100, zmq.POLLOUT):  # receiver slow or gone
+                    if stop.is_set():
+                        return sent
+                await sock.send_multipart(msg)
+            sent += 1
+        await sock.send_multipart(series_end(series), flags=zmq.NOBLOCK)
+    except zmq.Again:
+        log.info("demo simulator: receiver gone before series end")
+    finally:
+        sock.close()
+    return sent
+
+
+async def run_demo(duration: float | None, port: int, out_dir: Path) -> int:
+    from monitor.daemon import Daemon
+    from monitor.display import load_display
+
+    det = f"tcp://127.0.0.1:{free_port()}"
+    alarms = f"tcp://127.0.0.1:{free_port()}"
+    token = secrets.token_urlsafe(6)
+    cfg = demo_config(det, alarms, port, out_dir, token)
+    stop_sim = asyncio.Event()
+    sim = asyncio.create_task(simulate(det, stop_sim), name="demo-simulator")
+    daemon = Daemon(cfg, config_text="# generated by operando-monitor demo\n", display=load_display("bokeh"))
+    daemon.install_signal_handlers()
+    serve = asyncio.create_task(daemon.serve(), name="daemon")
+    await daemon.started.wait()
+    print(
+        f"\noperando-monitor demo\n  dashboard: {daemon.dashboard_url}\n  operator token: {token}\n"
+        f"  detector: {det} (array-1.0, {FRAME_SHAPE[0]}x{FRAME_SHAPE[1]} uint16 at {RATE_HZ:g} Hz)\n"
+        f"  alarms PUB: {alarms}\n  results: {daemon.store_path}\n  journal: {daemon.journal_path}\n"
+        + (f"  exits after {duration:g} s\n" if duration else "  Ctrl-C to stop\n"),
+        file=sys.stderr,
+        flush=True,
+    )
+    if duration:
+        try:
+            await asyncio.wait_for(asyncio.shield(serve), duration)
+        except TimeoutError:
+            stop_sim.set()
+            daemon.request_exit()
+    await serve
+    stop_sim.set()
+    sent = await sim
+    t = daemon.telemetry
+    print(
+        f"demo finished: {sent} frames sent, {sum(t.received.values())} received, "
+        f"{sum(t.processed.values())} processed, {sum(t.skipped.values())} skipped, "
+        f"{sum(t.rejected.values())} rejected; results in {daemon.store_path}",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,315 @@
+"""replay source: frames from an HDF5 dataset, a multi-page TIFF, or a directory of TIFFs.
+
+Frames are read one at a time (never the whole dataset). :func:`iter_frames` and
+:func:`count_frames` serve the offline ``replay`` command; :class:`ReplaySource` streams the
+same frames into the daemon at ``rate_hz`` (0: as fast as ``emit`` accepts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import math
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import MappingProxyType
+from typing import Protocol
+
+import h5py
+import numpy as np
+import tifffile
+
+from monitor.config import SourceSettings
+from monitor.errors import SourceError
+from monitor.frames import Frame, FrameMeta, Rejection, SeriesEvent
+from monitor.sources.array10 import RejectionLog
+from monitor.sources.base import Emit
+
+log = logging.getLogger("monitor.sources.replay")
+
+try:  # registers the bitshuffle/LZ4/... HDF5 filters so compressed datasets can be read
+    importlib.import_module("hdf5plugin")
+except ImportError:  # pragma: no cover - listed in the dependencies; plain datasets still work
+    log.warning("hdf5plugin is not installed: compressed HDF5 datasets cannot be replayed")
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi")
+TIFF_SUFFIXES = (".tif", ".tiff")
+PREFERRED_DATASET = "/entry/data/data"
+READ_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, RuntimeError)
+"""What a per-frame read can raise (h5py filter errors are OSError; tifffile's are ValueError)."""
+
+
+class _Reader(Protocol):
+    label: str
+
+    def __len__(self) -> int: ...
+
+    def read(self, i: int) -> np.ndarray: ...
+
+    def name(self, i: int) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def _as_2d(array: np.ndarray, what: str) -> np.ndarray:
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise ValueError(f"{what} is not a 2-D image (shape {array.shape})")
+    return array
+
+
+def natural_key(name: str) -> tuple[str | int, ...]:
+    """Sort key that orders ``img2.tif`` before ``img10.tif``."""
+    return tuple(int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", name))
+
+
+def _find_dataset(f: h5py.File) -> h5py.Dataset:
+    def is_image(obj: object, min_ndim: int) -> bool:
+        return isinstance(obj, h5py.Dataset) and obj.ndim >= min_ndim and obj.dtype.kind in "uifb"
+
+    preferred = f.get(PREFERRED_DATASET)
+    if is_image(preferred, 2):
+        return preferred  # type: ignore[return-value]
+    found: dict[int, h5py.Dataset] = {}
+
+    def visit(_name: str, obj: object) -> None:
+        if is_image(obj, 2):
+            found.setdefault(3 if obj.ndim >= 3 else 2, obj)  # type: ignore[attr-defined]
+
+    f.visititems(visit)
+    if not found:
+        raise SourceError(f"{f.filename}: no numeric dataset with 2 or more dimensions found")
+    return found.get(3, found.get(2))  # type: ignore[return-value]
+
+
+def _select_dataset(f: h5py.File, path: Path, dataset: str | None) -> h5py.Dataset:
+    if dataset:
+        ds = f.get(dataset)
+        if not isinstance(ds, h5py.Dataset):
+            what = "does not exist" if ds is None else "is not a dataset"
+            raise SourceError(f"{path}: {dataset!r} {what}")
+    else:
+        ds = _find_dataset(f)
+    if ds.ndim < 2 or ds.dtype.kind not in "uifb":
+        raise SourceError(f"{path}:{ds.name} is not a numeric image dataset (shape {ds.shape}, {ds.dtype})")
+    return ds
+
+
+class _HDF5Reader:
+    def __init__(self, path: Path, dataset: str | None) -> None:
+        try:
+            self._file = h5py.File(path, "r")
+        except OSError as exc:
+            raise SourceError(f"cannot open HDF5 file {path}: {exc}") from exc
+        try:
+            ds = _select_dataset(self._file, path, dataset)
+        except (OSError, KeyError, RuntimeError) as exc:
+            self._file.close()
+            raise SourceError(f"cannot read HDF5 file {path}: {exc}") from exc
+        except SourceError:
+            self._file.close()
+            raise
+        self._ds = ds
+        self._lead = ds.shape[:-2]
+        self._count = math.prod(self._lead)
+        self.label = f"{path}:{ds.name}"
+
+    def __len__(self) -> int:
+        return self._count
+
+    def read(self, i: int) -> np.ndarray:
+        return self._ds[np.unravel_index(i, self._lead) if self._lead else ()]
+
+    def name(self, i: int) -> str:
+        return ""
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _TiffStackReader:
+    def __init__(self, path: Path) -> None:
+        try:
+            self._tif = tifffile.TiffFile(path)
+            series = self._tif.series
+            self._pages = series[0].pages if series else self._tif.pages
+        except (OSError, ValueError) as exc:  # TiffFileError is a ValueError
+            raise SourceError(f"cannot read TIFF file {path}: {exc}") from exc
+        self.label = str(path)
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    def read(self, i: int) -> np.ndarray:
+        page = self._pages[i]
+        if page is None:
+            raise ValueError(f"page {i} is missing")
+        return _as_2d(page.asarray(), f"page {i}")
+
+    def name(self, i: int) -> str:
+        return ""
+
+    def close(self) -> None:
+        self._tif.close()
+
+
+class _TiffDirReader:
+    def __init__(self, path: Path) -> None:
+        try:
+            files = [p for p in path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES and p.is_file()]
+        except OSError as exc:
+            raise SourceError(f"cannot list directory {path}: {exc}") from exc
+        self._files = sorted(files, key=lambda p: natural_key(p.name))
+        self.label = str(path)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def read(self, i: int) -> np.ndarray:
+        return _as_2d(tifffile.imread(self._files[i]), self._files[i].name)
+
+    def name(self, i: int) -> str:
+        return self._files[i].name
+
+    def close(self) -> None:
+        pass
+
+
+def _open(path: str | Path, dataset: str | None = None) -> _Reader:
+    p = Path(path)
+    if not p.exists():
+        raise SourceError(f"replay input {p} does not exist")
+    reader: _Reader
+    if p.is_dir():
+        reader = _TiffDirReader(p)
+    elif p.suffix.lower() in TIFF_SUFFIXES:
+        reader = _TiffStackReader(p)
+    elif p.suffix.lower() in HDF5_SUFFIXES or h5py.is_hdf5(p):
+        reader = _HDF5Reader(p, dataset)
+    else:
+        raise SourceError(f"replay input {p}: not a directory, TIFF or HDF5 file")
+    if len(reader) == 0:
+        reader.close()
+        raise SourceError(f"replay input {reader.label} contains no frames")
+    return reader
+
+
+def count_frames(path: str | Path, dataset: str | None = None) -> int:
+    """Number of frames :func:`iter_frames` yields (raises :class:`SourceError`)."""
+    reader = _open(path, dataset)
+    try:
+        return len(reader)
+    finally:
+        reader.close()
+
+
+def iter_frames(path: str | Path, dataset: str | None = None) -> Iterator[np.ndarray]:
+    """Yield the 2-D frames of ``path`` one at a time; a read error raises :class:`SourceError`."""
+    reader = _open(path, dataset)
+    try:
+        for i in range(len(reader)):
+            try:
+                frame = _as_2d(np.asarray(reader.read(i)), f"frame {i}")
+            except READ_ERRORS as exc:
+                raise SourceError(f"{reader.label}: cannot read frame {i}: {exc}") from exc
+            yield frame
+    finally:
+        reader.close()
+
+
+class ReplaySource:
+    """Replay recorded frames as a Source (series start/end around each pass)."""
+
+    def __init__(self, settings: SourceSettings) -> None:
+        if settings.kind != "replay":
+            raise SourceError(
+                f"source {settings.name!r}: ReplaySource needs kind 'replay', got {settings.kind!r}"
+            )
+        if not settings.path:
+            raise SourceError(f"source {settings.name!r}: a path is required")
+        if settings.rate_hz < 0 or not math.isfinite(settings.rate_hz):
+            raise SourceError(f"source {settings.name!r}: rate_hz must be >= 0, got {settings.rate_hz}")
+        self.name = settings.name
+        self.settings = settings
+        self.path = Path(settings.path)
+        self.frames = 0
+        self.rejected = 0
+        self.passes = 0
+        self.count = count_frames(self.path, settings.dataset or None)  # fail early: SourceError
+        self._rejections = RejectionLog(log)
+
+    def upstream_gaps(self) -> int:
+        return 0
+
+    def series_id(self, n_pass: int) -> str:
+        stem = self.path.name if self.path.is_dir() else self.path.stem
+        return stem if n_pass == 0 else f"{stem}#{n_pass}"
+
+    async def run(self, emit: Emit, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        period = 1.0 / self.settings.rate_hz if self.settings.rate_hz > 0 else 0.0
+        t0 = loop.time()
+        sent = 0  # frames scheduled since t0 (across passes: the schedule is absolute)
+        try:
+            while not stop.is_set():
+                reader = await asyncio.to_thread(_open, self.path, self.settings.dataset or None)
+                series = self.series_id(self.passes)
+                try:
+                    await emit(SeriesEvent(self.name, series, "start"))
+                    for i in range(len(reader)):
+                        if stop.is_set():
+                            break
+                        if period:
+                            delay = t0 + sent * period - loop.time()
+                            if delay < -period:  # more than a frame late: rebase instead of bursting
+                                t0 = loop.time() - sent * period
+                            elif delay > 0 and await _stopped(stop, delay):
+                                break
+                        sent += 1
+                        await emit(await self._read(reader, i, series))
+                    await emit(SeriesEvent(self.name, series, "end"))
+                finally:
+                    reader.close()
+                self.passes += 1
+                if not self.settings.loop:
+                    break
+        finally:
+            self._rejections.flush(f"source {self.name!r}")
+        log.info("source %r: replayed %d frames in %d passes", self.name, self.frames, self.passes)
+
+    async def _read(self, reader: _Reader, i: int, series: str) -> Frame | Rejection:
+        try:
+            array = await asyncio.to_thread(lambda: _as_2d(np.asarray(reader.read(i)), f"frame {i}"))
+        except READ_ERRORS as exc:
+            self.rejected += 1
+            detail = f"{reader.label}: cannot read frame {i}: {exc}"
+            self._rejections.warn(
+                "read_error", f"source {self.name!r}: rejected frame {i}: read_error: {detail}"
+            )
+            return Rejection(self.name, "read_error", detail, index=i)
+        now = time.time()
+        name = reader.name(i)
+        meta = FrameMeta(extra=MappingProxyType({"file": name})) if name else FrameMeta()
+        self.frames += 1
+        return Frame(
+            stream=self.settings.stream,
+            source=self.name,
+            series=series,
+            index=i,
+            array=array,
+            t_detector=now,
+            t_received=now,
+            meta=meta,
+        )
+
+
+async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
