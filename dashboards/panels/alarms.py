@@ -25,7 +25,7 @@ from monitor.alerts.model import Alarm, AlarmState
 from monitor.errors import MonitorError
 from monitor.live import AckResult, LiveState
 
-TABLE_WIDTH = 1330
+TABLE_WIDTH = 1340
 _FIELDS = (
     "id",
     "rule",
@@ -117,7 +117,7 @@ class AlarmsPanel:
             view=CDSView(filter=self._filters[0]),
             columns=columns,
             width=TABLE_WIDTH,
-            height=200,
+            height=180,
             index_position=None,
             selectable=True,
             sortable=True,

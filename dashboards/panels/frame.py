@@ -34,7 +34,7 @@ def auto_contrast(image: np.ndarray) -> tuple[float, float]:
 
 
 def _empty_image() -> dict[str, list[object]]:
-    return {"image": [np.zeros((1, 1), dtype=np.float32)], "x": [0.0], "y": [0.0], "dw": [1.0], "dh": [1.0]}
+    return {"image": [], "x": [], "y": [], "dw": [], "dh": []}
 
 
 class FramePanel:
@@ -55,7 +55,7 @@ class FramePanel:
             tools="pan,wheel_zoom,box_zoom,reset,save,hover",
             active_scroll="wheel_zoom",
             tooltips=[("x, y", "$x{0}, $y{0}"), ("value", "@image{0.000}")],
-            toolbar_location="above",
+            toolbar_location="right",
         )
         self.plot.image(
             image="image", x="x", y="y", dw="dw", dh="dh", source=self.source, color_mapper=self.mapper
@@ -64,6 +64,7 @@ class FramePanel:
         self.plot.xaxis.axis_label = "x [px]"
         self.plot.yaxis.axis_label = "y [px]"
         self.plot.grid.visible = False
+        self.plot.toolbar.logo = None
         self.colorbar = ColorBar(color_mapper=self.mapper, width=14, title="counts", padding=4)
         self.plot.add_layout(self.colorbar, "right")
         self.scalars = Div(

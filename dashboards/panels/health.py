@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from bokeh.layouts import column
-from bokeh.models import ColumnDataSource, DatetimeTickFormatter, Div, UIElement
+from bokeh.models import ColumnDataSource, DatetimeTickFormatter, Div, Legend, LegendItem, UIElement
 from bokeh.plotting import figure
 
 from dashboards.panels.style import (
@@ -22,8 +22,8 @@ from dashboards.panels.style import (
 )
 from monitor.telemetry import TelemetrySnapshot
 
-PLOT_WIDTH = 700
-PLOT_HEIGHT = 210
+PLOT_WIDTH = 690
+PLOT_HEIGHT = 272
 _COLUMNS = ("t", "fps_in", "fps_out", "p50", "p99")
 _COUNTERS = ("received", "processed", "skipped", "rejected", "failed", "queue_depth", "upstream_gaps")
 
@@ -43,6 +43,7 @@ def _time_plot(name: str, title: str, y_label: str) -> figure:
     p.xaxis.formatter = DatetimeTickFormatter(seconds="%H:%M:%S", minsec="%H:%M:%S", minutes="%H:%M")
     p.title.text_font_size = "13px"
     p.y_range.start = 0
+    p.toolbar.logo = None
     return p
 
 
@@ -64,17 +65,17 @@ class HealthPanel:
         self.source = ColumnDataSource(data=_columns(()), name="health_source")
         self.fps = _time_plot("health_fps", "Frame rate", "frames / s")
         self.latency = _time_plot("health_latency", "Latency (receive → result)", "ms")
-        for plot, field, color, label in (
-            (self.fps, "fps_in", FPS_IN_COLOR, "in"),
-            (self.fps, "fps_out", FPS_OUT_COLOR, "out"),
-            (self.latency, "p50", P50_COLOR, "p50"),
-            (self.latency, "p99", P99_COLOR, "p99"),
+        for plot, lines in (
+            (self.fps, (("fps_in", FPS_IN_COLOR, "in"), ("fps_out", FPS_OUT_COLOR, "out"))),
+            (self.latency, (("p50", P50_COLOR, "p50"), ("p99", P99_COLOR, "p99"))),
         ):
-            plot.line("t", field, source=self.source, color=color, line_width=2, legend_label=label)
-        for p in (self.fps, self.latency):
-            p.legend.location = "top_left"
-            p.legend.orientation = "horizontal"
-            p.legend.background_fill_alpha = 0.6
+            items = []
+            for field, color, label in lines:
+                renderer = plot.line("t", field, source=self.source, color=color, line_width=2)
+                items.append(LegendItem(label=label, renderers=[renderer]))
+            legend = Legend(items=items, orientation="horizontal", border_line_alpha=0, padding=0, margin=2)
+            legend.label_text_font_size = "12px"
+            plot.add_layout(legend, "above")
         self.counters = Div(
             name="counters", css_classes=["om-counters"], text=self._counters_html(None), width=PLOT_WIDTH
         )

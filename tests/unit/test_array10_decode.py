@@ -312,3 +312,27 @@ def test_arbitrary_messages_only_raise_frame_rejected(parts: list[bytes]) -> Non
         assert exc.reason in REASONS
         return
     _check_valid(result)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    dtype=st.sampled_from(list(DTYPES)),
+    shape=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    trim=st.integers(-3, 3),
+    big=st.booleans(),
+)
+def test_encoded_frames_round_trip_or_are_rejected(
+    dtype: str, shape: tuple[int, int], trim: int, big: bool
+) -> None:
+    a = np.arange(shape[0] * shape[1], dtype=dtype).reshape(shape)
+    h = header(type=dtype, shape=list(shape), endianness="big" if big else "little")
+    data = a.astype(a.dtype.newbyteorder(">" if big else "<")).tobytes()
+    data = data[:trim] if trim < 0 else data + bytes(trim)
+    try:
+        frame = decode(msg(h, data), max_frame_bytes=4096)
+    except FrameRejected as exc:
+        assert trim != 0 and exc.reason == "size_mismatch"
+        return
+    assert trim == 0
+    _check_valid(frame)
+    np.testing.assert_array_equal(frame.array, a)
