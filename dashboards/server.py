@@ -111,7 +111,7 @@ class BokehDisplay:
             tornado_app = _TrackingBokehTornado(
                 {APP_PATH: Application(FunctionHandler(self._make_document))},
                 extra_websocket_origins=self.websocket_origins(port),
-                absolute_url=url.rstrip("/"),
+                absolute_url=url,
             )
             http = HTTPServer(tornado_app, xheaders=False)
             http.add_sockets(sockets)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import os
-import threading
 import logging
+import os
 import platform
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime

@@ -41,7 +41,14 @@ class FramePanel:
     """Shows the latest :class:`LiveFrame` of the selected stream."""
 
     def __init__(self) -> None:
-        self.select = Select(title="Stream", options=[], value="", width=260, name="stream_select")
+        self.select = Select(
+            title="Stream",
+            options=[],
+            value="",
+            width=260,
+            name="stream_select",
+            css_classes=["om-stream-select"],
+        )
         self.source = ColumnDataSource(data=_empty_image(), name="live_frame_source")
         self.mapper = LinearColorMapper(palette=Viridis256, low=0.0, high=1.0)
         self.plot = figure(

@@ -13,18 +13,19 @@ import io
 import re
 import shutil
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bokeh.document import Document
 
+from dashboards.app import make_document
 from dashboards.server import BokehDisplay
 from monitor.alerts.model import Alarm, AlarmState, FrameRef, Severity
 from monitor.config import DashboardSettings
 from monitor.live import AckResult, LiveFrame, LiveState
 from monitor.telemetry import TelemetrySnapshot
-
-pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -56,11 +57,13 @@ def _alarm(t: float) -> Alarm:
     )
 
 
-def _frame(i: int) -> LiveFrame:
+def _frame(i: int, stream: str = "xrd") -> LiveFrame:
     yy, xx = np.mgrid[0:256, 0:256].astype(np.float32)
     image = np.sin((xx + 4 * i) / 23.0) * np.cos(yy / 31.0) * 100 + xx + yy
+    if stream != "xrd":
+        image = image.T[::-1].copy()
     return LiveFrame(
-        stream="xrd",
+        stream=stream,
         source="sim",
         series="run1",
         index=i,
@@ -93,7 +96,9 @@ async def _feed(live: LiveState) -> None:
     i = 0
     while True:
         i += 1
-        live.publish_frame(_frame(i))
+        live.publish_frame(_frame(i, "xrd"))
+        if i % 5 == 1:
+            live.publish_frame(_frame(i, "tomo"))
         live.publish_health(_snapshot(i))
         await asyncio.sleep(0.1)
 
@@ -120,6 +125,79 @@ def _image_stats(png: bytes) -> tuple[float, int]:
     return float(centre.std()), colours
 
 
+MODEL_NAMES = (
+    "live_frame",
+    "stream_select",
+    "frame_scalars",
+    "health_fps",
+    "health_latency",
+    "counters",
+    "alarms_table",
+    "ack_alarm_id",
+    "ack_operator",
+    "ack_token",
+    "ack_button",
+    "ack_status",
+)
+
+
+def _model_text(doc: Document, name: str) -> str:
+    model = doc.select_one({"name": name})
+    assert model is not None, name
+    return str(model.text)
+
+
+def test_document_handles_empty_then_live_state() -> None:
+    """No browser: the document builds on empty state and follows LiveState on update()."""
+    live = LiveState()
+    doc = Document()
+    dash = make_document(doc, live, DashboardSettings(update_ms=100, history=5))
+    assert doc.title == "operando-monitor"
+    for name in MODEL_NAMES:
+        assert doc.select_one({"name": name}) is not None, name
+    assert len(doc.session_callbacks) == 1
+    assert "no telemetry yet" in _model_text(doc, "counters")
+    dash.update()  # nothing published: nothing to draw, nothing raised
+
+    live.publish_frame(_frame(1, "xrd"))
+    live.publish_frame(_frame(1, "tomo"))
+    for i in range(1, 9):
+        live.publish_health(dataclasses.replace(_snapshot(i), t=1000.0 + i))
+    live.publish_alarm(_alarm(time.time()))
+    dash.update()
+    assert dash.frame.select.options == ["tomo", "xrd"] and dash.frame.select.value == "tomo"
+    image = dash.frame.source.data["image"][0]
+    assert image.dtype == np.float32 and image.shape == (256, 256)
+    assert dash.frame.mapper.low < dash.frame.mapper.high
+    assert _received(_model_text(doc, "counters")) == 80
+    assert len(dash.health.source.data["t"]) == 5  # rollover = history
+    assert list(dash.alarms.source.data["id"]) == [ALARM_ID]
+    assert list(dash.alarms.source.data["severity"]) == ["MAJOR"]
+
+    dash.update()  # version unchanged: the image is not re-sent
+    assert dash.frame.source.data["image"][0] is image
+    dash.frame.select.value = "xrd"  # switching streams redraws at once
+    assert dash.frame.source.data["image"][0] is not image
+    assert dash.frame.plot.title.text.startswith("xrd")
+
+
+async def test_display_serves_on_port_zero_and_stops() -> None:
+    display = BokehDisplay(LiveState(), DashboardSettings(port=0, allow_websocket_origin=("beamline:8080",)))
+    url = await display.start()
+    port = display.port
+    assert port and url == f"http://127.0.0.1:{port}/"
+    assert display.websocket_origins(port) == [f"127.0.0.1:{port}", f"localhost:{port}", "beamline:8080"]
+    loop = asyncio.get_running_loop()
+    with await loop.run_in_executor(None, urllib.request.urlopen, url) as response:
+        assert response.status == 200 and b"<title>operando-monitor</title>" in response.read()
+    await display.stop()
+    with pytest.raises(OSError):
+        await loop.run_in_executor(None, urllib.request.urlopen, url)
+    await display.stop()  # idempotent
+    assert {t for t in asyncio.all_tasks() if t is not asyncio.current_task()} == set()
+
+
+@pytest.mark.browser
 async def test_dashboard_in_browser(tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         pytest.skip(
@@ -172,6 +250,24 @@ async def test_dashboard_in_browser(tmp_path: Path) -> None:
                         break
                     await asyncio.sleep(0.2)
                 assert std > 10 and colours > 50, f"live frame looks blank: std={std:.1f} colours={colours}"
+
+                # Every key model is addressable by name in the browser's document.
+                names = await page.evaluate(
+                    "(names) => names.filter((n) => Bokeh.documents[0].get_model_by_name(n) !== null)",
+                    list(MODEL_NAMES),
+                )
+                assert names == list(MODEL_NAMES)
+
+                # Stream selector: one entry per stream; switching redraws the other stream.
+                title_js = "() => Bokeh.documents[0].get_model_by_name('live_frame').title.text"
+                stream_select = page.locator(".om-stream-select select")
+                await expect(stream_select.locator("option")).to_have_count(2, timeout=WAIT_MS)
+                await stream_select.select_option("xrd")
+                deadline = time.monotonic() + WAIT_MS / 1000
+                while not (title := await page.evaluate(title_js)).startswith("xrd"):
+                    assert time.monotonic() < deadline, f"frame title stuck at {title!r}"
+                    await asyncio.sleep(0.1)
+                assert re.search(r"frame \d+ +· +age", title), title
 
                 # Health: the received counter moves.
                 first = _received(await counters.inner_text())
