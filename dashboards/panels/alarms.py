@@ -124,9 +124,12 @@ class AlarmsPanel:
             row_height=26,
         )
         self.alarm_id = TextInput(
-            name="ack_alarm_id", css_classes=["om-ack-alarm-id"], title="Alarm id", width=240,
+            name="ack_alarm_id",
+            css_classes=["om-ack-alarm-id"],
+            title="Alarm id",
+            width=240,
             placeholder="select a row or type an id",
-        )  # fmt: skip
+        )
         self.operator = TextInput(
             name="ack_operator", css_classes=["om-ack-operator"], title="Operator", width=180
         )
@@ -197,8 +200,8 @@ class AlarmsPanel:
             result: AckResult = self.live.acknowledge(alarm_id, operator, token)
         except MonitorError as exc:  # the daemon refused in its own words: show it, don't crash the page
             result = AckResult(False, str(exc))
-        verdict = "acknowledged" if result.ok else "rejected"
-        self.status.text = _status_html(f"{alarm_id}: {verdict} — {result.message}", result.ok)
+        verdict = f"✓ {alarm_id}" if result.ok else f"✗ {alarm_id} not acknowledged"
+        self.status.text = _status_html(f"{verdict}: {result.message}", result.ok)
         self.update(self.live.alarms())
 
     @staticmethod
