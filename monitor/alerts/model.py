@@ -48,10 +48,15 @@ class Alarm:
     acked_by: str = ""
 
 
+TRANSITIONS = ("raise", "escalate", "deescalate", "condition_cleared", "acknowledge", "clear")
+"""Every transition the alarm manager emits (``condition_cleared``: a latched alarm's condition
+went away; it stays active until acknowledged)."""
+
+
 @dataclass(frozen=True, slots=True)
 class AlarmEvent:
     """A transition of an alarm: what the journal, the store and every sink receive."""
 
     t: float
-    transition: str  # "raise" | "escalate" | "deescalate" | "acknowledge" | "clear"
+    transition: str  # one of TRANSITIONS
     alarm: Alarm

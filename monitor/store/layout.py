@@ -51,7 +51,7 @@ FRAMES_DTYPE = np.dtype(
 ALARMS_DTYPE = np.dtype(
     [
         ("t", "<f8"),
-        ("transition", "S16"),
+        ("transition", "S32"),
         ("id", "S128"),
         ("rule", "S64"),
         ("severity", "i1"),

@@ -336,3 +336,14 @@ def test_status_flags_and_lookup3(tmp_path: Path) -> None:
     store.close()
     assert status_flags(tmp_path / "run.h5") == 0
     assert clear_status_flags(tmp_path / "run.h5") is False
+
+
+def test_every_alarm_transition_name_survives_the_store(tmp_path: Path) -> None:
+    from monitor.alerts.model import TRANSITIONS
+
+    events = [dataclasses.replace(alarm_event(i, None), transition=t) for i, t in enumerate(TRANSITIONS)]
+    with make_store(tmp_path) as store:
+        store.write_alarm_events(events)
+        store.flush()
+    with RunReader(tmp_path / "run.h5") as r:
+        assert [e.transition for e in r.alarms()] == list(TRANSITIONS)
