@@ -109,6 +109,7 @@ class Daemon:
         self.dashboard_url = ""
         self.started = asyncio.Event()
         self._display_cls = display
+        self._wants_display = display is not None and cfg.dashboard.enabled
         self._display: Display | None = None
         self._zctx = zmq.asyncio.Context()
         self._executor = ThreadPoolExecutor(
@@ -139,7 +140,7 @@ class Daemon:
                 self._on_results,
                 self._on_disposition,
                 self.live.publish_frame,
-                live_interval_s=cfg.dashboard.update_ms / 1000.0,
+                live_interval_s=cfg.dashboard.update_ms / 1000.0 if self._wants_display else None,
             )
             for p, s in zip(self.pipelines, cfg.pipelines, strict=True)
         ]

@@ -43,7 +43,7 @@ class PipelineWorker:
         on_results: ResultsHandler,
         on_disposition: DispositionHandler,
         on_live: Callable[[LiveFrame], None],
-        live_interval_s: float = 0.2,
+        live_interval_s: float | None = 0.2,
     ) -> None:
         self.pipeline = pipeline
         self.settings = settings
@@ -91,7 +91,9 @@ class PipelineWorker:
             return BatchOutcome([], [], f"{type(exc).__name__}: {exc}")
         if len(results) != len(batch):
             return BatchOutcome([], [], f"pipeline returned {len(results)} results for {len(batch)} frames")
-        live = []
+        live: list[LiveFrame] = []
+        if self._live_interval is None:  # no display attached: don't spend CPU on images
+            return BatchOutcome(results, live)
         now = time.monotonic()
         for res in results:
             stream = res.frame.stream

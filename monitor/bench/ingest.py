@@ -28,7 +28,7 @@ from monitor.config import (
 )
 from monitor.store import RunReader
 
-DEFAULT_FRAMES = {2048: 150, 512: 1500}
+DEFAULT_FRAMES = {2048: 400, 512: 4000}
 
 
 def free_port() -> int:

@@ -6,10 +6,11 @@ import pytest
 from monitor.pipelines.frame_stats import frame_statistics
 
 
+@pytest.mark.parametrize("shape", [(97, 131), (1100, 1000)])  # the second is histogrammed in chunks
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int8", "int16", "int32", "float32", "float64"])
-def test_matches_numpy(dtype: str) -> None:
+def test_matches_numpy(dtype: str, shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(1)
-    a = (rng.random((97, 131)) * 100).astype(dtype)
+    a = (rng.random(shape) * 100).astype(dtype)
     s = frame_statistics(a, saturation=95, dead=2)
     f = a.astype(np.float64)
     assert s["mean"] == pytest.approx(f.mean())
