@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Before numpy is imported: the daemon does its array work in its own threads, and OpenBLAS's
+# spin-waiting worker threads would only take CPU from ingest (see `bench ingest`).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import asyncio
 import logging

@@ -29,9 +29,6 @@ class DaemonSettings:
     ingest_queue: int = 256
     """Bounded queue between sources and the router (back-pressure, never drops)."""
     telemetry_interval_s: float = 1.0
-    pipeline_nice: int = 10
-    """Nice increment for pipeline threads (Linux), so ingest and the store never starve;
-    0 leaves them at the daemon's priority."""
 
 
 @dataclass(frozen=True)

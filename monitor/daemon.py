@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
 import platform
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -51,19 +49,6 @@ def build_source(settings: SourceSettings, context: zmq.asyncio.Context) -> Sour
     if settings.kind == "array10":
         return Array10Source(settings, context)
     return ReplaySource(settings)
-
-
-def _lower_thread_priority(nice: int) -> None:
-    """Give this (pipeline) thread a lower CPU priority than ingest and the store.
-
-    Under overload the pipelines skip frames (counted, stored); receiving and accounting for
-    every frame must not starve. Linux applies ``setpriority`` per thread.
-    """
-    if nice > 0 and hasattr(os, "setpriority"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        except OSError as exc:
-            log.warning("could not lower pipeline thread priority: %s", exc)
 
 
 def versions() -> dict[str, str]:
@@ -115,8 +100,6 @@ class Daemon:
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, len(cfg.pipelines)),
             thread_name_prefix="pipeline",
-            initializer=_lower_thread_priority,
-            initargs=(cfg.daemon.pipeline_nice,),
         )
         self._stop_ingest = asyncio.Event()
         self._stop_background = asyncio.Event()
