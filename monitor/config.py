@@ -26,8 +26,6 @@ class DaemonSettings:
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_timeout_s: float = 10.0
     """Upper bound for the whole ordered shutdown (ingest stop, drain, flush, close)."""
-    ingest_queue: int = 256
-    """Bounded queue between sources and the router (back-pressure, never drops)."""
     telemetry_interval_s: float = 1.0
 
 
@@ -211,7 +209,6 @@ def _positive(value: float, key: str, allow_zero: bool = False) -> None:
 def validate(cfg: MonitorConfig) -> MonitorConfig:
     """Cross-field checks that types alone cannot express."""
     _positive(cfg.daemon.shutdown_timeout_s, "daemon.shutdown_timeout_s")
-    _positive(cfg.daemon.ingest_queue, "daemon.ingest_queue")
     _positive(cfg.daemon.telemetry_interval_s, "daemon.telemetry_interval_s")
     names: set[str] = set()
     for i, src in enumerate(cfg.sources):

@@ -30,7 +30,7 @@ from monitor.alerts.rules import SilenceRule, ThresholdRule
 from monitor.alerts.sinks import CallbackSink, JournalSink, LiveSink, ZmqPubSink
 from monitor.config import MonitorConfig, SourceSettings
 from monitor.display import Display
-from monitor.frames import Disposition, IngestEvent
+from monitor.frames import Disposition
 from monitor.live import AckResult, LiveState
 from monitor.pipelines.base import Pipeline, Result
 from monitor.pipelines.registry import build_pipeline
@@ -103,7 +103,6 @@ class Daemon:
         )
         self._stop_ingest = asyncio.Event()
         self._stop_background = asyncio.Event()
-        self._ingest: asyncio.Queue[IngestEvent] = asyncio.Queue(maxsize=cfg.daemon.ingest_queue)
         self.pipelines: list[Pipeline] = [build_pipeline(p) for p in cfg.pipelines]
         self._threshold_rules = [ThresholdRule(r) for r in cfg.alerts.rules if r.kind == "threshold"]
         self._silence_rules = [SilenceRule(r) for r in cfg.alerts.rules if r.kind == "silence"]
@@ -130,7 +129,6 @@ class Daemon:
         self.router = Router(self.workers, self.telemetry, self._on_disposition)
         self._source_tasks: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._router_task: asyncio.Task[None] | None = None
         self._worker_tasks: list[asyncio.Task[None]] = []
 
     # ---- wiring -------------------------------------------------------------------------
@@ -180,18 +178,7 @@ class Daemon:
             return AckResult(False, f"rejected: {exc.args[0]}")
         return AckResult(True, f"{alarm_id} acknowledged by {operator.strip()}")
 
-    async def _emit(self, event: IngestEvent) -> None:
-        await self._ingest.put(event)
-
     # ---- tasks --------------------------------------------------------------------------
-    async def _route_loop(self) -> None:
-        while True:
-            event = await self._ingest.get()
-            try:
-                await self.router.route(event)
-            finally:
-                self._ingest.task_done()
-
     async def _telemetry_loop(self) -> None:
         while not self._stop_background.is_set():
             self._publish_telemetry()
@@ -201,7 +188,7 @@ class Daemon:
                 pass
 
     def _publish_telemetry(self) -> None:
-        self.telemetry.queue_depth = self._ingest.qsize() + sum(w.queue.qsize() for w in self.workers)
+        self.telemetry.queue_depth = sum(w.queue.qsize() for w in self.workers)
         snap = self.telemetry.snapshot()
         self.live.publish_health(snap)
         self.recorder.add_telemetry(snap)
@@ -223,7 +210,8 @@ class Daemon:
 
     async def _run_source(self, source: Source) -> None:
         try:
-            await source.run(self._emit, self._stop_ingest)
+            # Sources route in their own task: no hop through an extra queue per message.
+            await source.run(self.router.route, self._stop_ingest)
         finally:
             gaps = source.upstream_gaps()
             if gaps:
@@ -242,7 +230,6 @@ class Daemon:
         log.info("recording to %s (journal %s)", self.store_path, self.journal_path)
         self.sources = [build_source(s, self._zctx) for s in self.cfg.sources]
         self._worker_tasks = [asyncio.create_task(w.run(), name=f"pipeline:{w.name}") for w in self.workers]
-        self._router_task = asyncio.create_task(self._route_loop(), name="router")
         self._tasks = [
             asyncio.create_task(self.recorder.run(self._stop_background), name="recorder"),
             asyncio.create_task(self._telemetry_loop(), name="telemetry"),
@@ -308,17 +295,12 @@ class Daemon:
         log.info("shutting down: drain")
         if not self.force_exit:
             try:
-                await asyncio.wait_for(self._ingest.join(), timeout=left(0.4))
                 await asyncio.wait_for(
                     asyncio.gather(*(w.queue.join() for w in self.workers)), timeout=left(0.5)
                 )
             except TimeoutError:
                 log.warning("drain did not finish within the shutdown timeout")
-        await self._cancel([self._router_task] if self._router_task else [])
         # Whatever is still queued is accounted for as skipped.
-        while not self._ingest.empty():
-            await self.router.route(self._ingest.get_nowait())
-            self._ingest.task_done()
         skipped = sum(w.drain_remaining("shutdown") for w in self.workers)
         if skipped:
             log.warning("%d queued frame(s) stored as skipped (shutdown)", skipped)

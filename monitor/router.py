@@ -205,6 +205,12 @@ class Router:
             self._telemetry.skipped["no_pipeline"] += 1
             self._on_disposition(Disposition.for_frame(frame, "", Status.SKIPPED, "no_pipeline"))
             return
-        for w in workers:
-            await w.submit(frame)
+        for i, w in enumerate(workers):
+            try:
+                await w.submit(frame)
+            except asyncio.CancelledError:
+                # Cancelled while blocked on a full queue (forced shutdown): still accounted for.
+                for rest in workers[i:]:
+                    rest.skip(frame, "shutdown")
+                raise
         self._telemetry.queue_depth = sum(w.queue.qsize() for w in self._workers)
