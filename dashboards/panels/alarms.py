@@ -96,7 +96,7 @@ class AlarmsPanel:
             TableColumn(
                 field="severity",
                 title="Severity",
-                width=85,
+                width=105,
                 formatter=HTMLTemplateFormatter(template=_BADGE.format(color="severity_color")),
             ),
             TableColumn(
@@ -105,7 +105,7 @@ class AlarmsPanel:
             TableColumn(field="rule", title="Rule", width=140),
             TableColumn(field="value", title="Value", width=70),
             TableColumn(field="threshold", title="Threshold", width=75),
-            TableColumn(field="message", title="Message", width=360),
+            TableColumn(field="message", title="Message", width=340),
             TableColumn(field="raised", title="Raised", width=70),
             TableColumn(field="changed", title="Changed", width=70),
             TableColumn(field="acked_by", title="Acked by", width=100),
