@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,15 +27,10 @@ from monitor.config import (
     SourceSettings,
     StoreSettings,
 )
+from monitor.sim.ports import free_port
 from monitor.store import RunReader
 
 DEFAULT_FRAMES = {2048: 400, 512: 4000}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_sender(endpoint: str, size: int, count: int) -> subprocess.Popen[bytes]:

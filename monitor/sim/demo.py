@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import secrets
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from monitor.config import (
     StoreSettings,
 )
 from monitor.sim.array10 import encode_array10, series_end, series_start, synthetic_frames
+from monitor.sim.ports import free_port
 
 log = logging.getLogger("monitor.demo")
 
@@ -40,12 +40,6 @@ RATE_HZ = 20.0
 BURST_PERIOD_S = 20.0
 BURST_LENGTH_S = 5.0
 BAD_EVERY = 150
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def demo_config(

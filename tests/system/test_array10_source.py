@@ -17,6 +17,7 @@ from monitor.config import SourceSettings
 from monitor.errors import SourceError
 from monitor.frames import Frame, IngestEvent, Rejection, SeriesEvent
 from monitor.sim.array10 import encode_array10, run_simulator, send_raw, series_end, series_start
+from monitor.sim.ports import free_port
 from monitor.sources.array10 import Array10Source
 from monitor.sources.base import Source
 
@@ -28,12 +29,6 @@ def ctx() -> Iterator[zmq.asyncio.Context]:
     context = zmq.asyncio.Context()
     yield context
     context.destroy(linger=0)
-
-
-def free_port() -> int:
-    with zmq.Context() as c, c.socket(zmq.PULL) as s:
-        s.setsockopt(zmq.LINGER, 0)
-        return s.bind_to_random_port("tcp://127.0.0.1")
 
 
 def settings(socket: str, mode: str, endpoint: str, **kw: object) -> SourceSettings:
