@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from monitor.sim.ports import free_port as free_port  # re-exported for the system tests
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
