@@ -14,9 +14,12 @@ import logging
 import platform
 import signal
 import time
+from asyncio import FIRST_COMPLETED
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -102,6 +105,7 @@ class Daemon:
             thread_name_prefix="pipeline",
         )
         self._stop_ingest = asyncio.Event()
+        self._forced = asyncio.Event()
         self._stop_background = asyncio.Event()
         self.pipelines: list[Pipeline] = [build_pipeline(p) for p in cfg.pipelines]
         self._threshold_rules = [ThresholdRule(r) for r in cfg.alerts.rules if r.kind == "threshold"]
@@ -256,6 +260,7 @@ class Daemon:
         if self.should_exit:
             log.warning("second SIGINT: forcing exit")
             self.force_exit = True
+            self._forced.set()
         self.should_exit = True
 
     def _on_sigterm(self) -> None:
@@ -294,11 +299,13 @@ class Daemon:
             await asyncio.gather(*self._source_tasks, return_exceptions=True)
         log.info("shutting down: drain")
         if not self.force_exit:
-            try:
-                await asyncio.wait_for(
-                    asyncio.gather(*(w.queue.join() for w in self.workers)), timeout=left(0.5)
-                )
-            except TimeoutError:
+            drained = asyncio.ensure_future(asyncio.gather(*(w.queue.join() for w in self.workers)))
+            forced = asyncio.ensure_future(self._forced.wait())
+            done, _ = await asyncio.wait({drained, forced}, timeout=left(0.5), return_when=FIRST_COMPLETED)
+            await self._cancel([drained, forced])
+            if forced in done:
+                log.warning("drain abandoned: forced exit")
+            elif drained not in done:
                 log.warning("drain did not finish within the shutdown timeout")
         # Whatever is still queued is accounted for as skipped.
         skipped = sum(w.drain_remaining("shutdown") for w in self.workers)
@@ -324,7 +331,7 @@ class Daemon:
         log.info("shutdown complete: %s", self.telemetry.snapshot())
 
     @staticmethod
-    async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    async def _cancel(tasks: Sequence[asyncio.Future[Any]]) -> None:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

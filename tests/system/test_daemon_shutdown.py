@@ -1,0 +1,92 @@
+"""Ordered shutdown in-process, with real signals: a second SIGINT forces, and frames still
+queued or in flight are stored as skipped (``shutdown``), never lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import zmq
+
+from monitor.config import config_from_dict
+from monitor.daemon import Daemon
+from monitor.frames import Frame
+from monitor.pipelines.base import Result, ResultSchema
+from monitor.store import RunReader
+from tests.helpers import free_port, good_frame
+
+
+class SlowPipeline:
+    """A stand-in for a slow model (0.3 s a frame), so frames pile up in the queue."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.streams = ("frames",)
+
+    def schema(self) -> ResultSchema:
+        return ResultSchema(
+            scalars=("mean", "std", "min", "max", "p1", "p50", "p99", "saturated_fraction", "dead_fraction")
+        )
+
+    def process(self, frames: Sequence[Frame]) -> list[Result]:
+        time.sleep(0.3)
+        return [Result(self.name, f, {"mean": float(f.array.mean())}) for f in frames]
+
+
+def _send(endpoint: str, n: int) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 5000)
+    sock.connect(endpoint)
+    for i in range(n):
+        sock.send_multipart(good_frame(i))
+    sock.close()
+    ctx.term()
+
+
+async def test_second_sigint_forces_and_every_frame_is_accounted(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cfg = config_from_dict(
+        {
+            "run": "forced",
+            "daemon": {"shutdown_timeout_s": 20.0},
+            "sources": [{"name": "det", "kind": "array10", "endpoint": endpoint, "mode": "bind"}],
+            "pipelines": [{"name": "stats", "kind": "frame_stats", "queue_size": 50, "policy": "block"}],
+            "store": {"directory": str(tmp_path), "filename": "{run}.h5", "flush_interval_s": 0.1},
+            "dashboard": {"enabled": False},
+        }
+    )
+    daemon = Daemon(cfg)
+    daemon.workers[0].pipeline = SlowPipeline("stats")
+    loop = asyncio.get_running_loop()
+    serve = asyncio.create_task(daemon.serve())
+    await daemon.started.wait()
+    daemon.install_signal_handlers()
+    try:
+        await asyncio.to_thread(_send, endpoint, 30)
+        while sum(daemon.telemetry.received.values()) < 30:
+            await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        os.kill(os.getpid(), signal.SIGINT)
+        await asyncio.sleep(0.2)
+        assert daemon.should_exit and not daemon.force_exit
+        os.kill(os.getpid(), signal.SIGINT)
+        await asyncio.wait_for(serve, timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+    assert daemon.force_exit
+    # Forced: far less than draining 30 frames at 0.3 s each would take.
+    assert elapsed < 3.0, f"forced shutdown took {elapsed:.2f} s"
+    with RunReader(daemon.store_path) as r:
+        rows = r.dispositions()
+        assert len(r.accounted_seqs()) == 30
+        counts = r.status_counts()
+        assert counts["PROCESSED"] + counts["SKIPPED"] == 30
+        assert counts["SKIPPED"] > 10
+        assert {d.reason for d in rows if d.status.name == "SKIPPED"} == {"shutdown"}
