@@ -14,9 +14,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import zmq
 
 from monitor.config import (
@@ -27,6 +29,7 @@ from monitor.config import (
     SourceSettings,
     StoreSettings,
 )
+from monitor.pipelines.frame_stats import frame_statistics
 from monitor.sim.ports import free_port
 from monitor.store import RunReader
 
@@ -39,14 +42,55 @@ def start_sender(endpoint: str, size: int, count: int) -> subprocess.Popen[bytes
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
 
-def measure_raw(size: int, count: int) -> tuple[float, int]:
-    """Frames/s that a bare PULL socket receives from the sender, and frames received."""
+class _LatestStats:
+    """Minimal hand-written monitor for the loaded baseline: frame_stats on the latest frame."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._latest: np.ndarray | None = None
+        self._done = False
+        self.processed = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def offer(self, frame: np.ndarray) -> None:
+        with self._cond:
+            self._latest = frame
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._latest is None and not self._done:
+                    self._cond.wait()
+                if self._latest is None:
+                    return
+                frame, self._latest = self._latest, None
+            frame_statistics(frame, 65535, 0)
+            self.processed += 1
+
+    def close(self) -> None:
+        with self._cond:
+            self._done = True
+            self._latest = None
+            self._cond.notify()
+        self._thread.join()
+
+
+def measure_raw(size: int, count: int, with_stats: bool = False) -> tuple[float, int]:
+    """Frames/s that a bare PULL socket receives from the sender, and frames received.
+
+    ``with_stats``: the same PULL loop also hands each frame to a thread computing frame_stats
+    on the latest one (latest-wins, nothing stored): what the daemon does, minus everything
+    that makes it a daemon (validation, routing, accounting, HDF5, alarms).
+    """
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     proc = start_sender(endpoint, size, count)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVTIMEO, 20000)
     sock.connect(endpoint)
+    stats = _LatestStats() if with_stats else None
     n = 0
     t_first = t_last = 0.0
     try:
@@ -54,6 +98,8 @@ def measure_raw(size: int, count: int) -> tuple[float, int]:
             parts = sock.recv_multipart(copy=False)
             if len(parts) != 2:  # series start/end control messages
                 continue
+            if stats is not None:
+                stats.offer(np.frombuffer(parts[1].buffer, dtype=np.uint16).reshape(size, size))
             t_last = time.perf_counter()
             if n == 0:
                 t_first = t_last
@@ -61,6 +107,8 @@ def measure_raw(size: int, count: int) -> tuple[float, int]:
     except zmq.Again:
         pass
     finally:
+        if stats is not None:
+            stats.close()
         sock.close(linger=0)
         ctx.term()
         proc.wait(timeout=30)
@@ -131,19 +179,22 @@ def run_ingest_bench(
         "method": (
             "raw = bare pyzmq PULL; daemon = array10 source -> router -> frame_stats pipeline "
             "(drop_oldest) -> HDF5 row for every frame; daemon_ingest_only = the same daemon with "
-            "no pipeline on the stream. Same sender process for all, alternated "
+            "no pipeline on the stream; pull_plus_stats = the bare PULL loop handing frames to a "
+            "frame_stats thread (latest-wins), i.e. the same compute without the daemon. Same "
+            "sender process for all, alternated "
             f"{repeats}x in one run; fps are medians; ratio = daemon_fps / raw_fps."
         ),
         "sizes": {},
     }
     for size in sizes or [2048, 512]:
         count = frames or DEFAULT_FRAMES.get(size, 500)
-        raw, full, ingest, accounted = [], [], [], []
+        raw, loaded, full, ingest, accounted = [], [], [], [], []
         counts: dict[str, int] = {}
         raw_n = 0
         for _ in range(repeats):
             fps, raw_n = measure_raw(size, count)
             raw.append(fps)
+            loaded.append(measure_raw(size, count, with_stats=True)[0])
             for with_pipeline, sink in ((True, full), (False, ingest)):
                 with tempfile.TemporaryDirectory() as tmp:
                     fps, acc, c = asyncio.run(_measure_daemon(size, count, Path(tmp), with_pipeline))
@@ -151,13 +202,17 @@ def run_ingest_bench(
                 accounted.append(acc)
                 if with_pipeline:
                     counts = c
-        raw_fps, daemon_fps, ingest_fps = (statistics.median(x) for x in (raw, full, ingest))
+        raw_fps, loaded_fps, daemon_fps, ingest_fps = (
+            statistics.median(x) for x in (raw, loaded, full, ingest)
+        )
         entry = {
             "shape": [size, size],
             "dtype": "uint16",
             "raw_fps": round(raw_fps, 1),
             "daemon_fps": round(daemon_fps, 1),
             "ratio": round(daemon_fps / raw_fps, 3) if raw_fps else 0.0,
+            "pull_plus_stats_fps": round(loaded_fps, 1),
+            "ratio_vs_pull_plus_stats": round(daemon_fps / loaded_fps, 3) if loaded_fps else 0.0,
             "daemon_ingest_only_fps": round(ingest_fps, 1),
             "ratio_ingest_only": round(ingest_fps / raw_fps, 3) if raw_fps else 0.0,
             "frames_sent": count,
@@ -165,7 +220,12 @@ def run_ingest_bench(
             "raw_frames_received": raw_n,
             "daemon_dispositions_last_run": counts,
             "raw_mb_per_s": round(raw_fps * size * size * 2 / 1e6, 1),
-            "repeats": {"raw_fps": _r(raw), "daemon_fps": _r(full), "daemon_ingest_only_fps": _r(ingest)},
+            "repeats": {
+                "raw_fps": _r(raw),
+                "pull_plus_stats_fps": _r(loaded),
+                "daemon_fps": _r(full),
+                "daemon_ingest_only_fps": _r(ingest),
+            },
         }
         results["sizes"][str(size)] = entry  # type: ignore[index]
         print(json.dumps({str(size): entry}), file=sys.stderr)
