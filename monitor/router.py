@@ -199,7 +199,7 @@ class Router:
             self._telemetry.rejected[event.reason] += 1
             self._on_disposition(Disposition.for_rejection(dataclasses.replace(event, seq=seq)))
             return
-        frame = dataclasses.replace(event, seq=seq)
+        frame = event.with_seq(seq)
         workers = self._by_stream.get(frame.stream, [])
         if not workers:
             self._telemetry.skipped["no_pipeline"] += 1
