@@ -27,4 +27,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fn = getattr(item, "function", None)
         if fn is not None and inspect.iscoroutinefunction(fn) and isinstance(item, pytest.Function):
-            item.fixturenames.append("no_leaked_tasks")
+            item.fixturenames.insert(0, "no_leaked_tasks")  # set up first, checked last

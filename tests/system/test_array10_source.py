@@ -276,3 +276,24 @@ async def test_gaps_reset_on_backwards_jump_and_new_series(
     await run.wait_for(len(messages))
     await run.shutdown()
     assert source.upstream_gaps() == 3
+
+
+async def test_reconnects_when_the_detector_restarts(
+    ctx: zmq.asyncio.Context, running_sources: list[Running]
+) -> None:
+    """The detector (PUSH, bind) goes away and comes back on the same port: we keep receiving."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    run = Running(Array10Source(settings("pull", "connect", endpoint), ctx))
+    running_sources.append(run)
+    for restart in range(2):
+        sent = await asyncio.to_thread(
+            send_raw,
+            endpoint,
+            [series_start(f"s{restart}"), *(good(k) for k in range(5)), series_end(f"s{restart}")],
+            mode="bind",
+        )
+        assert sent == 7
+        await run.wait_for(7 * (restart + 1))
+    frames = [e for e in run.events if isinstance(e, Frame)]
+    assert len(frames) == 10
+    assert run.source.upstream_gaps() == 0
