@@ -27,6 +27,7 @@ import zmq
 import zmq.asyncio
 
 import monitor
+from monitor.aio import sleep_unless
 from monitor.alerts.manager import AlarmManager
 from monitor.alerts.model import AlarmEvent, FrameRef
 from monitor.alerts.rules import SilenceRule, ThresholdRule
@@ -186,10 +187,7 @@ class Daemon:
     async def _telemetry_loop(self) -> None:
         while not self._stop_background.is_set():
             self._publish_telemetry()
-            try:
-                await asyncio.wait_for(self._stop_background.wait(), self.cfg.daemon.telemetry_interval_s)
-            except TimeoutError:
-                pass
+            await sleep_unless(self._stop_background, self.cfg.daemon.telemetry_interval_s)
 
     def _publish_telemetry(self) -> None:
         self.telemetry.queue_depth = sum(w.queue.qsize() for w in self.workers)
@@ -207,10 +205,7 @@ class Daemon:
                 verdict = rule.check(since)
                 if verdict is not None and self.alarms is not None:
                     self.alarms.apply(verdict)
-            try:
-                await asyncio.wait_for(self._stop_background.wait(), period)
-            except TimeoutError:
-                pass
+            await sleep_unless(self._stop_background, period)
 
     async def _run_source(self, source: Source) -> None:
         try:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from monitor.aio import sleep_unless
 from monitor.alerts.model import AlarmEvent
 from monitor.frames import Disposition
 from monitor.pipelines.base import Result
@@ -100,10 +101,7 @@ class Recorder:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self._flush_interval)
-            except TimeoutError:
-                pass
+            await sleep_unless(stop, self._flush_interval)
             await self.flush()
 
     async def close(self) -> None:

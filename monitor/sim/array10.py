@@ -13,6 +13,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from monitor.aio import sleep_unless
 from monitor.sources.array10 import CONTROL_HTYPES, DATA_HTYPE, DTYPES
 
 log = logging.getLogger("monitor.sim.array10")
@@ -153,18 +154,6 @@ def _add_patch(img: np.ndarray, patch: np.ndarray, cy: int, cx: int, full: float
     region[...] = np.clip(region.astype(np.float32) + sub, 0, full).astype(img.dtype)
 
 
-async def _wait_stop(stop: asyncio.Event | None, seconds: float) -> bool:
-    """Sleep ``seconds`` unless ``stop`` is set first; return True if stopped."""
-    if stop is None:
-        await asyncio.sleep(seconds)
-        return False
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        return False
-    return True
-
-
 async def _send(sock: zmq.asyncio.Socket, parts: Sequence[bytes], stop: asyncio.Event | None) -> bool:
     """Send one message, waiting for room (PUSH blocks on slow peers); False if stopped first."""
     while not await sock.poll(100, zmq.POLLOUT):
@@ -209,7 +198,7 @@ async def run_simulator(
             sock.connect(endpoint)
         where = sock.getsockopt_string(zmq.LAST_ENDPOINT) or endpoint
         log.info("simulator: %s %s %s, %s %s at %s Hz", socket.upper(), mode, where, shape, dtype, rate_hz)
-        if socket == "pub" and await _wait_stop(stop, pub_settle_s):  # let subscribers join
+        if socket == "pub" and await sleep_unless(stop, pub_settle_s):  # let subscribers join
             return 0
         if not await _send(sock, series_start(series), stop):
             return 0
@@ -224,7 +213,7 @@ async def run_simulator(
                 delay = t0 + sent * period - loop.time()
                 if delay < -period:  # fell behind by more than a frame: rebase, don't burst
                     t0 = loop.time() - sent * period
-                elif delay > 0 and await _wait_stop(stop, delay):
+                elif delay > 0 and await sleep_unless(stop, delay):
                     break
             msg = encode_array10(next(frames), frame=sent, stream=stream, series=series)
             if not await _send(sock, msg, stop):

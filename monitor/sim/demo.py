@@ -20,6 +20,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from monitor.aio import sleep_unless
 from monitor.config import (
     AlertSettings,
     DaemonSettings,
@@ -112,12 +113,8 @@ async def simulate(endpoint: str, stop: asyncio.Event) -> int:
             if stop.is_set():
                 break
             delay = t0 + i / RATE_HZ - time.monotonic()
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                    break
-                except TimeoutError:
-                    pass
+            if delay > 0 and await sleep_unless(stop, delay):
+                break
             msgs = [malformed(i)] if i and i % BAD_EVERY == 0 else []
             msgs.append(encode_array10(img, frame=i, stream="frames", series=series))
             for msg in msgs:

@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 import tifffile
 
+from monitor.aio import sleep_unless
 from monitor.config import SourceSettings
 from monitor.errors import SourceError
 from monitor.frames import Frame, FrameMeta, Rejection, SeriesEvent
@@ -267,7 +268,7 @@ class ReplaySource:
                             delay = t0 + sent * period - loop.time()
                             if delay < -period:  # more than a frame late: rebase instead of bursting
                                 t0 = loop.time() - sent * period
-                            elif delay > 0 and await _stopped(stop, delay):
+                            elif delay > 0 and await sleep_unless(stop, delay):
                                 break
                         sent += 1
                         await emit(await self._read(reader, i, series))
@@ -305,11 +306,3 @@ class ReplaySource:
             t_received=now,
             meta=meta,
         )
-
-
-async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        return False
-    return True
