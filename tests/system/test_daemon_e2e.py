@@ -86,6 +86,11 @@ def test_malformed_messages_are_rejected_counted_and_the_daemon_keeps_going(tmp_
         assert transitions == ["raise", "clear"]
         counts = r.status_counts()
         assert counts["REJECTED"] == len(MALFORMED)
+        # The config and versions travel with the results; telemetry ends with the final counts.
+        assert r.attrs.config_toml == cfg.read_text()
+        assert r.attrs.versions["operando-monitor"] and r.attrs.versions["hdf5"]
+        last = r.telemetry()[-1]
+        assert (last.received, last.rejected, last.processed) == (sent, len(MALFORMED), sent - len(MALFORMED))
     journal = read_journal(tmp_path / "runs" / "alarms.jsonl")
     assert [e.transition for e in journal] == ["raise", "clear"]
     assert journal[0].alarm.severity.name == "MAJOR"
