@@ -323,7 +323,20 @@ class Daemon:
             self.alarms.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._zctx.destroy(linger=0)
-        log.info("shutdown complete: %s", self.telemetry.snapshot())
+        snap = self.telemetry.snapshot()
+        log.info(
+            "shutdown complete: %d received, %d processed, %d skipped %s, %d rejected %s, %d failed, "
+            "%d upstream gaps; results in %s",
+            snap.received,
+            snap.processed,
+            snap.skipped,
+            dict(snap.skipped_by_reason),
+            snap.rejected,
+            dict(snap.rejected_by_reason),
+            snap.failed,
+            snap.upstream_gaps,
+            self.store_path,
+        )
 
     @staticmethod
     async def _cancel(tasks: Sequence[asyncio.Future[Any]]) -> None:
