@@ -17,6 +17,7 @@ from concurrent.futures import Executor
 from monitor.config import PipelineSettings
 from monitor.frames import Disposition, Frame, Rejection, SeriesEvent, Status
 from monitor.live import LiveFrame, display_image
+from monitor.logutil import RateLimitedLog
 from monitor.pipelines.base import Pipeline, Result
 from monitor.telemetry import Telemetry
 
@@ -56,6 +57,7 @@ class PipelineWorker:
         self._last_live: dict[str, float] = {}
         self.queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize=settings.queue_size)
         self.in_flight = 0
+        self._failures = RateLimitedLog(log, what="failures")
 
     @property
     def name(self) -> str:
@@ -124,7 +126,11 @@ class PipelineWorker:
             t_start = time.time()
             try:
                 outcome = await loop.run_in_executor(self._executor, self._compute, batch)
-                self._finish(batch, outcome, t_start)
+                try:
+                    self._finish(batch, outcome, t_start)
+                except Exception as exc:  # a bug after compute must not stop the worker
+                    log.exception("pipeline %s: handling results failed", self.name)
+                    self._fail(batch, f"{type(exc).__name__}: {exc}", time.time())
             except asyncio.CancelledError:
                 # Cancelled mid-batch (forced shutdown): account for the frames, then stop.
                 for f in batch:
@@ -138,11 +144,11 @@ class PipelineWorker:
     def _finish(self, batch: Sequence[Frame], outcome: BatchOutcome, t_start: float) -> None:
         t_done = time.time()
         if outcome.error:
-            log.error("pipeline %s failed on %d frame(s): %s", self.name, len(batch), outcome.error)
-            for f in batch:
-                self._telemetry.failed[self.name] += 1
-                reason = outcome.error.split(":", 1)[0][:60]
-                self._on_disposition(Disposition.for_frame(f, self.name, Status.FAILED, reason, t_done))
+            self._failures.warn(
+                outcome.error.split(":", 1)[0],
+                f"pipeline {self.name} failed on {len(batch)} frame(s): {outcome.error}",
+            )
+            self._fail(batch, outcome.error, t_done)
             return
         results = [
             dataclasses.replace(
@@ -159,8 +165,15 @@ class PipelineWorker:
         for lf in outcome.live:
             self._on_live(lf)
 
+    def _fail(self, batch: Sequence[Frame], error: str, t_done: float) -> None:
+        reason = error.split(":", 1)[0][:60]
+        for f in batch:
+            self._telemetry.failed[self.name] += 1
+            self._on_disposition(Disposition.for_frame(f, self.name, Status.FAILED, reason, t_done))
+
     def drain_remaining(self, reason: str) -> int:
         """Mark every still-queued frame skipped (shutdown past its deadline). Returns the count."""
+        self._failures.flush(f"pipeline {self.name}")
         n = 0
         while not self.queue.empty():
             self.skip(self.queue.get_nowait(), reason)

@@ -42,6 +42,7 @@ class AlarmManager:
         self._alarms: dict[str, Alarm] = {}
         self._condition: dict[str, bool] = {}
         self.sink_errors = 0
+        self.journal_errors = 0
 
     def add_sink(self, sink: AlarmSink) -> None:
         self._sinks.append(sink)
@@ -55,8 +56,14 @@ class AlarmManager:
     def _publish(self, transition: str, alarm: Alarm, now: float) -> AlarmEvent:
         self._alarms[alarm.id] = alarm
         event = AlarmEvent(t=now, transition=transition, alarm=alarm)
-        # The journal must hold the event before anyone can react to it: its errors propagate.
-        self._journal.emit(event)
+        # The journal holds the event before anyone can react to it. If it cannot be written
+        # (disk full, unmounted), the alarm still reaches every other sink: an operator must see
+        # it even when it cannot be recorded; the failure is logged loudly and counted.
+        try:
+            self._journal.emit(event)
+        except OSError as exc:
+            self.journal_errors += 1
+            log.critical("ALARM JOURNAL WRITE FAILED for %s (%s): %s", alarm.id, transition, exc)
         for sink in self._sinks:
             try:
                 sink.emit(event)

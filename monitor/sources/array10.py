@@ -25,6 +25,7 @@ import zmq.asyncio
 from monitor.config import SourceSettings
 from monitor.errors import FrameRejected, SourceError
 from monitor.frames import Frame, FrameMeta, Rejection, SeriesEvent
+from monitor.logutil import RateLimitedLog
 from monitor.sources.base import Emit
 
 log = logging.getLogger("monitor.sources.array10")
@@ -295,32 +296,6 @@ class GapCounter:
         self._last = {k: v for k, v in self._last.items() if v[0] != series}
 
 
-class RejectionLog:
-    """One warning line per rejected message, at most one per reason per interval (+ count)."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 1.0) -> None:
-        self._logger = logger
-        self._interval = interval_s
-        self._last: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
-
-    def warn(self, reason: str, message: str) -> None:
-        now = time.monotonic()
-        last = self._last.get(reason)
-        if last is not None and now - last < self._interval:
-            self._suppressed[reason] += 1
-            return
-        n = self._suppressed.pop(reason, 0)
-        more = f" (+{n} more '{reason}' rejections in the last {now - last:.1f} s)" if n and last else ""
-        self._logger.warning("%s%s", message, more)
-        self._last[reason] = now
-
-    def flush(self, prefix: str) -> None:
-        for reason, n in sorted(self._suppressed.items()):
-            self._logger.warning("%s: %d more '%s' rejections not logged individually", prefix, n, reason)
-        self._suppressed.clear()
-
-
 class Array10Source:
     """Receive array-1.0 messages on a PULL or SUB socket and emit ingest events."""
 
@@ -349,7 +324,7 @@ class Array10Source:
         self._poll_ms = max(1, int(poll_interval_s * 1000))
         self._socket: zmq.asyncio.Socket | None = None
         self._gaps = GapCounter()
-        self._rejections = RejectionLog(log)
+        self._rejections = RateLimitedLog(log, what="rejections")
 
     def upstream_gaps(self) -> int:
         return self._gaps.total

@@ -26,7 +26,7 @@ from monitor.aio import sleep_unless
 from monitor.config import SourceSettings
 from monitor.errors import SourceError
 from monitor.frames import Frame, FrameMeta, Rejection, SeriesEvent
-from monitor.sources.array10 import RejectionLog
+from monitor.logutil import RateLimitedLog
 from monitor.sources.base import Emit
 
 log = logging.getLogger("monitor.sources.replay")
@@ -241,7 +241,7 @@ class ReplaySource:
         self.rejected = 0
         self.passes = 0
         self.count = count_frames(self.path, settings.dataset or None)  # fail early: SourceError
-        self._rejections = RejectionLog(log)
+        self._rejections = RateLimitedLog(log, what="rejections")
 
     def upstream_gaps(self) -> int:
         return 0

@@ -90,3 +90,40 @@ async def test_second_sigint_forces_and_every_frame_is_accounted(tmp_path: Path)
         assert counts["PROCESSED"] + counts["SKIPPED"] == 30
         assert counts["SKIPPED"] > 10
         assert {d.reason for d in rows if d.status.name == "SKIPPED"} == {"shutdown"}
+
+
+class BrokenPipeline(SlowPipeline):
+    """Raises on odd frames, like a model hitting a bug on some inputs."""
+
+    def process(self, frames: Sequence[Frame]) -> list[Result]:
+        if any(f.index % 2 for f in frames):
+            raise RuntimeError("model exploded")
+        return [Result(self.name, f, {"mean": 1.0}) for f in frames]
+
+
+async def test_a_failing_pipeline_fails_its_frames_not_the_daemon(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cfg = config_from_dict(
+        {
+            "run": "failing",
+            "sources": [{"name": "det", "kind": "array10", "endpoint": endpoint, "mode": "bind"}],
+            "pipelines": [{"name": "stats", "kind": "frame_stats", "queue_size": 50, "policy": "block"}],
+            "store": {"directory": str(tmp_path), "filename": "{run}.h5", "flush_interval_s": 0.1},
+            "dashboard": {"enabled": False},
+        }
+    )
+    daemon = Daemon(cfg)
+    daemon.workers[0].pipeline = BrokenPipeline("stats")
+    await daemon.start()
+    try:
+        await asyncio.to_thread(_send, endpoint, 10)
+        while sum(daemon.telemetry.processed.values()) + sum(daemon.telemetry.failed.values()) < 10:
+            await asyncio.sleep(0.05)
+    finally:
+        daemon.request_exit()
+        await daemon.shutdown()
+    with RunReader(daemon.store_path) as r:
+        rows = r.dispositions()
+        assert sorted(d.index for d in rows if d.status.name == "FAILED") == [1, 3, 5, 7, 9]
+        assert sorted(d.index for d in rows if d.status.name == "PROCESSED") == [0, 2, 4, 6, 8]
+        assert {d.reason for d in rows if d.status.name == "FAILED"} == {"RuntimeError"}

@@ -142,3 +142,17 @@ def test_escalation_reactivates_acknowledged(tmp_path: Path) -> None:
     assert (
         a is not None and a.state is AlarmState.ACTIVE and a.severity is Severity.MAJOR and a.acked_by == ""
     )
+
+
+def test_journal_failure_still_reaches_the_other_sinks(tmp_path: Path) -> None:
+    class BrokenJournal(ListSink):
+        name = "journal"
+
+        def emit(self, event: AlarmEvent) -> None:
+            raise OSError("No space left on device")
+
+    probe = ListSink()
+    m = AlarmManager(BrokenJournal(), [probe])
+    m.apply(rule(major=1.0).evaluate("s", 2.0))  # type: ignore[arg-type]
+    assert [e.transition for e in probe.events] == ["raise"]
+    assert m.journal_errors == 1
