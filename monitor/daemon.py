@@ -29,7 +29,7 @@ import zmq.asyncio
 import monitor
 from monitor.aio import sleep_unless
 from monitor.alerts.manager import AlarmManager
-from monitor.alerts.model import AlarmEvent, FrameRef
+from monitor.alerts.model import FrameRef
 from monitor.alerts.rules import SilenceRule, ThresholdRule
 from monitor.alerts.sinks import CallbackSink, JournalSink, LiveSink, ZmqPubSink
 from monitor.config import MonitorConfig, SourceSettings
@@ -108,7 +108,6 @@ class Daemon:
         self._stop_ingest = asyncio.Event()
         self._forced = asyncio.Event()
         self._stop_background = asyncio.Event()
-        self.pipelines: list[Pipeline] = [build_pipeline(p) for p in cfg.pipelines]
         self._threshold_rules = [ThresholdRule(r) for r in cfg.alerts.rules if r.kind == "threshold"]
         self._silence_rules = [SilenceRule(r) for r in cfg.alerts.rules if r.kind == "silence"]
         self.sources: list[Source] = []
@@ -120,7 +119,7 @@ class Daemon:
         self.alarms: AlarmManager | None = None
         self.workers = [
             PipelineWorker(
-                p,
+                build_pipeline(s),
                 s,
                 self._executor,
                 self.telemetry,
@@ -129,12 +128,16 @@ class Daemon:
                 self.live.publish_frame,
                 live_interval_s=cfg.dashboard.update_ms / 1000.0 if self._wants_display else None,
             )
-            for p, s in zip(self.pipelines, cfg.pipelines, strict=True)
+            for s in cfg.pipelines
         ]
         self.router = Router(self.workers, self.telemetry, self._on_disposition)
         self._source_tasks: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._worker_tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def pipelines(self) -> list[Pipeline]:
+        return [w.pipeline for w in self.workers]
 
     # ---- wiring -------------------------------------------------------------------------
     def _open_store(self) -> RunStore:
@@ -191,6 +194,8 @@ class Daemon:
 
     def _publish_telemetry(self) -> None:
         self.telemetry.queue_depth = sum(w.queue.qsize() for w in self.workers)
+        for source in self.sources:
+            self.telemetry.upstream_gaps[source.name] = source.upstream_gaps()
         snap = self.telemetry.snapshot()
         self.live.publish_health(snap)
         self.recorder.add_telemetry(snap)
@@ -207,20 +212,11 @@ class Daemon:
                     self.alarms.apply(verdict)
             await sleep_unless(self._stop_background, period)
 
-    async def _run_source(self, source: Source) -> None:
-        try:
-            # Sources route in their own task: no hop through an extra queue per message.
-            await source.run(self.router.route, self._stop_ingest)
-        finally:
-            gaps = source.upstream_gaps()
-            if gaps:
-                self.telemetry.upstream_gaps[source.name] = gaps
-
     # ---- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         self.store_path.parent.mkdir(parents=True, exist_ok=True)
         journal = JournalSink(self.journal_path)
-        sinks = [LiveSink(self.live), CallbackSink("store", self._store_alarm)]
+        sinks = [LiveSink(self.live), CallbackSink("store", self.recorder.add_alarm)]
         if self.cfg.alerts.zmq_pub:
             sinks.append(ZmqPubSink(self.cfg.alerts.zmq_pub))
         latch = frozenset(r.name for r in self.cfg.alerts.rules if r.latch)
@@ -234,17 +230,16 @@ class Daemon:
             asyncio.create_task(self._telemetry_loop(), name="telemetry"),
             asyncio.create_task(self._silence_loop(), name="silence"),
         ]
+        # Sources route in their own task: no hop through an extra queue per message.
         self._source_tasks = [
-            asyncio.create_task(self._run_source(s), name=f"source:{s.name}") for s in self.sources
+            asyncio.create_task(s.run(self.router.route, self._stop_ingest), name=f"source:{s.name}")
+            for s in self.sources
         ]
-        if self._display_cls is not None and self.cfg.dashboard.enabled:
+        if self._display_cls is not None and self._wants_display:
             self._display = self._display_cls(self.live, self.cfg.dashboard)
             self.dashboard_url = await self._display.start()
             log.info("dashboard at %s", self.dashboard_url)
         self.started.set()
-
-    def _store_alarm(self, event: AlarmEvent) -> None:
-        self.recorder.add_alarm(event)
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

@@ -37,5 +37,9 @@ class StoreError(MonitorError):
     """The result store could not be created, written or read."""
 
 
+class InvalidResult(StoreError):
+    """A pipeline's result does not match the schema it declared (a pipeline bug, not I/O)."""
+
+
 class SourceError(MonitorError):
     """A source could not be started (bad endpoint, missing file, ...)."""

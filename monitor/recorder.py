@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from monitor.aio import sleep_unless
 from monitor.alerts.model import AlarmEvent
+from monitor.errors import InvalidResult, StoreError
 from monitor.frames import Disposition
 from monitor.pipelines.base import Result
 from monitor.store import RunStore
@@ -44,6 +45,7 @@ class Recorder:
         self._lock = asyncio.Lock()
         self.dispositions_written = 0
         self.write_errors = 0
+        self.results_refused = 0
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -66,7 +68,12 @@ class Recorder:
         store = self._store
         assert store is not None, "Recorder.open() was not awaited"
         for pipeline, results in batch.results.items():
-            store.write_results(pipeline, results)
+            try:
+                store.write_results(pipeline, results)
+            except InvalidResult as exc:
+                # A pipeline bug: retrying cannot help. Its frames keep their dispositions.
+                self.results_refused += len(results)
+                log.error("store refused %d result(s) of pipeline %s: %s", len(results), pipeline, exc)
         if batch.dispositions:
             store.write_dispositions(batch.dispositions)
         if batch.alarms:
@@ -85,8 +92,8 @@ class Recorder:
             loop = asyncio.get_running_loop()
             try:
                 self.dispositions_written += await loop.run_in_executor(self._executor, self._write, batch)
-            except (OSError, ValueError, RuntimeError) as exc:
-                # h5py reports I/O trouble as OSError/RuntimeError; keep the rows for the next try.
+            except (StoreError, OSError, RuntimeError) as exc:
+                # I/O trouble (disk full, file gone): keep the rows for the next try.
                 self.write_errors += 1
                 log.error("store write failed (will retry with the next flush): %s", exc)
                 self._requeue(batch)

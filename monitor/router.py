@@ -56,7 +56,6 @@ class PipelineWorker:
         self._live_interval = live_interval_s
         self._last_live: dict[str, float] = {}
         self.queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize=settings.queue_size)
-        self.in_flight = 0
         self._failures = RateLimitedLog(log, what="failures")
 
     @property
@@ -122,7 +121,6 @@ class PipelineWorker:
             batch = [first]
             while len(batch) < self.settings.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            self.in_flight = len(batch)
             t_start = time.time()
             try:
                 outcome = await loop.run_in_executor(self._executor, self._compute, batch)
@@ -137,7 +135,6 @@ class PipelineWorker:
                     self.skip(f, "shutdown")
                 raise
             finally:
-                self.in_flight = 0
                 for _ in batch:
                     self.queue.task_done()
 
@@ -186,13 +183,12 @@ class Router:
     def __init__(
         self, workers: Sequence[PipelineWorker], telemetry: Telemetry, on_disposition: DispositionHandler
     ) -> None:
-        self._workers = list(workers)
         self._telemetry = telemetry
         self._on_disposition = on_disposition
         self._seq = 0
         self.last_seen: dict[str, float] = {}
         self._by_stream: dict[str, list[PipelineWorker]] = {}
-        for w in self._workers:
+        for w in workers:
             for s in w.settings.streams:
                 self._by_stream.setdefault(s, []).append(w)
 
@@ -226,4 +222,3 @@ class Router:
                 for rest in workers[i:]:
                     rest.skip(frame, "shutdown")
                 raise
-        self._telemetry.queue_depth = sum(w.queue.qsize() for w in self._workers)

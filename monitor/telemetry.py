@@ -3,7 +3,7 @@
 Invariant (checked by tests and the ingest benchmark)::
 
     received == rejected + routed_frames
-    per pipeline: routed == processed + skipped + failed + in_flight
+    per pipeline: routed == processed + skipped + failed + (still queued or computing)
 
 Counters are only touched from the event-loop thread, except :meth:`Telemetry.observe_latency`,
 which takes a lock (pipelines report from executor threads).

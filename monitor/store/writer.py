@@ -24,7 +24,7 @@ import numpy as np
 
 from monitor.alerts.model import AlarmEvent
 from monitor.config import StoreSettings
-from monitor.errors import StoreError
+from monitor.errors import InvalidResult, StoreError
 from monitor.frames import Disposition
 from monitor.pipelines.base import Result, ResultSchema
 from monitor.store import layout as L
@@ -160,20 +160,20 @@ class RunStore:
 
         A scalar missing from a result is stored as NaN and a missing array as the dataset's
         fill value (zeros); an unknown scalar, a wrong pipeline or a wrongly shaped array is
-        a :class:`StoreError` and nothing of the batch is written.
+        an :class:`InvalidResult` and nothing of the batch is written.
         """
         if pipeline not in self._schemas:
-            raise StoreError(f"pipeline {pipeline!r} has no schema in this run file")
+            raise InvalidResult(f"pipeline {pipeline!r} has no schema in this run file")
         if not results:
             return
         schema = self._schemas[pipeline]
         known = set(schema.scalars)
         for r in results:
             if r.pipeline != pipeline:
-                raise StoreError(f"result of pipeline {r.pipeline!r} written to {pipeline!r}")
+                raise InvalidResult(f"result of pipeline {r.pipeline!r} written to {pipeline!r}")
             unknown = set(r.scalars) - known
             if unknown:
-                raise StoreError(f"pipeline {pipeline!r}: scalars {sorted(unknown)} not in its schema")
+                raise InvalidResult(f"pipeline {pipeline!r}: scalars {sorted(unknown)} not in its schema")
         stacks = {spec.name: self._stack(pipeline, spec.name, results) for spec in schema.arrays}
 
         out = np.zeros(len(results), dtype=self._result_dtypes[pipeline])
@@ -207,7 +207,7 @@ class RunStore:
                 continue
             arr = np.asarray(arr)
             if arr.shape != shape:
-                raise StoreError(
+                raise InvalidResult(
                     f"pipeline {pipeline!r}: array {name!r} has shape {arr.shape}, schema says {shape}"
                 )
             stack[i] = arr

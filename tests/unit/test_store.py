@@ -13,7 +13,7 @@ import pytest
 
 from monitor.alerts.model import Alarm, AlarmEvent, AlarmState, FrameRef, Severity
 from monitor.config import StoreSettings
-from monitor.errors import StoreError
+from monitor.errors import InvalidResult, StoreError
 from monitor.frames import Disposition, Frame, Status
 from monitor.pipelines.base import ArraySpec, Latency, Result, ResultSchema
 from monitor.store import RunReader, RunStore, clear_status_flags, status_flags
@@ -182,9 +182,9 @@ def test_bad_results_are_refused_whole(tmp_path: Path) -> None:
     unknown = Result(pipeline="xrd", frame=frame(1), scalars={"nope": 1.0})
     with make_store(tmp_path) as store:
         for batch, pipeline in (([result(0), bad_shape], "xrd"), ([unknown], "xrd"), ([result(0)], "stats")):
-            with pytest.raises(StoreError):
+            with pytest.raises(InvalidResult):
                 store.write_results(pipeline, batch)
-        with pytest.raises(StoreError, match="no schema"):
+        with pytest.raises(InvalidResult, match="no schema"):
             store.write_results("missing", [result(0)])
         assert store.rows["xrd"] == 0 and store.rows["stats"] == 0
 

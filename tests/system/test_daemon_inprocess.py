@@ -1,5 +1,6 @@
-"""Ordered shutdown in-process, with real signals: a second SIGINT forces, and frames still
-queued or in flight are stored as skipped (``shutdown``), never lost."""
+"""The daemon in-process with stand-in pipelines (named as such): forced shutdown with real
+signals, failing and off-schema pipelines, live upstream-gap telemetry. In every case every
+frame keeps its disposition."""
 
 from __future__ import annotations
 
@@ -37,12 +38,12 @@ class SlowPipeline:
         return [Result(self.name, f, {"mean": float(f.array.mean())}) for f in frames]
 
 
-def _send(endpoint: str, n: int) -> None:
+def _send(endpoint: str, n: int, numbers: list[int] | None = None) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 5000)
     sock.connect(endpoint)
-    for i in range(n):
+    for i in numbers if numbers is not None else range(n):
         sock.send_multipart(good_frame(i))
     sock.close()
     ctx.term()
@@ -127,3 +128,66 @@ async def test_a_failing_pipeline_fails_its_frames_not_the_daemon(tmp_path: Path
         assert sorted(d.index for d in rows if d.status.name == "FAILED") == [1, 3, 5, 7, 9]
         assert sorted(d.index for d in rows if d.status.name == "PROCESSED") == [0, 2, 4, 6, 8]
         assert {d.reason for d in rows if d.status.name == "FAILED"} == {"RuntimeError"}
+
+
+async def test_upstream_gaps_show_in_live_telemetry(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cfg = config_from_dict(
+        {
+            "run": "gaps",
+            "daemon": {"telemetry_interval_s": 0.1},
+            "sources": [{"name": "det", "kind": "array10", "endpoint": endpoint, "mode": "bind"}],
+            "pipelines": [{"name": "stats", "kind": "frame_stats"}],
+            "store": {"directory": str(tmp_path), "filename": "{run}.h5"},
+            "dashboard": {"enabled": False},
+        }
+    )
+    daemon = Daemon(cfg)
+    await daemon.start()
+    try:
+        # Frames 0, 1, then 5: the sender numbered 2, 3, 4 but they never arrived.
+        await asyncio.to_thread(_send, endpoint, 3, [0, 1, 5])
+        deadline = time.monotonic() + 10
+        while not (daemon.live.health() and daemon.live.health()[-1].upstream_gaps == 3):
+            assert time.monotonic() < deadline, "upstream gaps never reached the live telemetry"
+            await asyncio.sleep(0.05)
+    finally:
+        daemon.request_exit()
+        await daemon.shutdown()
+
+
+class OffSchemaPipeline(SlowPipeline):
+    """Returns a scalar its schema never declared (a pipeline bug the store must refuse)."""
+
+    def process(self, frames: Sequence[Frame]) -> list[Result]:
+        return [Result(self.name, f, {"bogus": 1.0}) for f in frames]
+
+
+async def test_results_off_schema_are_refused_but_frames_stay_accounted(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cfg = config_from_dict(
+        {
+            "run": "offschema",
+            "sources": [{"name": "det", "kind": "array10", "endpoint": endpoint, "mode": "bind"}],
+            "pipelines": [{"name": "stats", "kind": "frame_stats", "policy": "block"}],
+            "store": {"directory": str(tmp_path), "filename": "{run}.h5", "flush_interval_s": 0.1},
+            "dashboard": {"enabled": False},
+        }
+    )
+    daemon = Daemon(cfg)
+    daemon.workers[0].pipeline = OffSchemaPipeline("stats")
+    await daemon.start()
+    try:
+        await asyncio.to_thread(_send, endpoint, 5)
+        while daemon.recorder.dispositions_written < 5:
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(_send, endpoint, 0, [5, 6])  # and the daemon keeps recording
+        while daemon.recorder.dispositions_written < 7:
+            await asyncio.sleep(0.05)
+    finally:
+        daemon.request_exit()
+        await daemon.shutdown()
+    assert daemon.recorder.results_refused == 7
+    with RunReader(daemon.store_path) as r:
+        assert r.status_counts()["PROCESSED"] == 7
+        assert len(r.results("stats")) == 0
