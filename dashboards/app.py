@@ -6,11 +6,14 @@ its rate is decoupled from the compute rate and it can never back-pressure the f
 
 from __future__ import annotations
 
+import importlib
+import logging
 import time
+from typing import Protocol
 
 from bokeh.document import Document
 from bokeh.layouts import column, row
-from bokeh.models import Div
+from bokeh.models import Div, LayoutDOM
 
 from dashboards.panels.alarms import AlarmsPanel
 from dashboards.panels.frame import FramePanel
@@ -20,6 +23,38 @@ from monitor.config import DashboardSettings
 from monitor.live import LiveState
 
 PAGE_TITLE = "operando-monitor"
+log = logging.getLogger("dashboards.app")
+
+PIPELINE_PANELS: dict[str, str] = {
+    "early_warning": "dashboards.panels.early_warning:EarlyWarningPanel",
+    "segmentation": "dashboards.panels.segmentation:SegmentationPanel",
+    "alignment": "dashboards.panels.alignment:AlignmentPanel",
+}
+"""Pipeline kind → ``module:Panel``; one panel per configured pipeline of that kind."""
+
+
+class PipelinePanel(Protocol):
+    """A pipeline's panel: built as ``Panel(pipeline_name, live)``; ``update`` samples LiveState."""
+
+    layout: LayoutDOM
+
+    def update(self, now: float) -> None: ...
+
+
+def pipeline_panels(live: LiveState) -> list[PipelinePanel]:
+    panels: list[PipelinePanel] = []
+    for name, kind in live.pipelines:
+        target = PIPELINE_PANELS.get(kind)
+        if target is None:
+            continue
+        module_name, _, attr = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            log.warning("no dashboard panel for pipeline %s (%s): %s", name, kind, exc)
+            continue
+        panels.append(getattr(module, attr)(name, live))
+    return panels
 
 
 def _header_html(now: float, version: int) -> str:
@@ -41,9 +76,11 @@ class Dashboard:
         self.health = HealthPanel(settings.history)
         self.alarms = AlarmsPanel(live)
         self.header = Div(name="header", text=_header_html(time.time(), live.version), width=1340)
+        self.panels = pipeline_panels(live)
         self.layout = column(
             self.header,
             row(self.frame.layout, self.health.layout),
+            *(p.layout for p in self.panels),
             self.alarms.layout,
             name="dashboard",
             styles={"padding": "10px", "gap": "10px"},
@@ -64,6 +101,8 @@ class Dashboard:
             self.frame.update(self.live.frames(), now)
             self.health.update(self.live.health(), now)
             self.alarms.update(self.live.alarms())
+            for panel in self.panels:
+                panel.update(now)
         else:
             self.frame.tick(now)
             self.health.tick(now)

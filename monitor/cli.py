@@ -114,13 +114,69 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(duration=args.duration, port=args.port, out_dir=Path(args.out)))
 
 
+def _bench_ingest(args: argparse.Namespace) -> int:
+    from monitor.bench.ingest import run_ingest_bench
+
+    return run_ingest_bench(Path(args.json), frames=args.frames, sizes=args.sizes)
+
+
+# what → "module:function"; each function takes the parsed arguments and returns an exit code.
+# Imported lazily so that e.g. `bench ingest` never imports torch.
+BENCHES: dict[str, str] = {
+    "ingest": "monitor.cli:_bench_ingest",
+    "engines": "monitor.bench.engines:cli_main",
+    "early-warning": "monitor.bench.early_warning:cli_main",
+    "segmentation": "monitor.bench.segmentation:cli_main",
+    "alignment": "monitor.bench.alignment:cli_main",
+    "stream2": "monitor.bench.stream2:cli_main",
+}
+TRAINERS: dict[str, str] = {
+    "early-warning": "engines.train.early_warning:cli_main",
+    "segmentation": "engines.train.segmentation:cli_main",
+    "alignment": "engines.train.alignment:cli_main",
+}
+FINETUNERS: dict[str, str] = {
+    "early-warning": "engines.train.early_warning:finetune_main",
+    "segmentation": "engines.train.segmentation:finetune_main",
+}
+
+
+def _dispatch(table: dict[str, str], what: str, args: argparse.Namespace) -> int:
+    import importlib
+
+    module_name, _, attr = table[what].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise MonitorError(f"{what!r} is not available: {exc}") from exc
+    return int(getattr(module, attr)(args))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or "WARNING")
-    if args.what == "ingest":
-        from monitor.bench.ingest import run_ingest_bench
+    return _dispatch(BENCHES, args.what, args)
 
-        return run_ingest_bench(Path(args.json), frames=args.frames, sizes=args.sizes)
-    raise MonitorError(f"unknown benchmark {args.what!r}")
+
+def cmd_train(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level or "INFO")
+    return _dispatch(TRAINERS, args.what, args)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level or "INFO")
+    return _dispatch(FINETUNERS, args.what, args)
+
+
+def cmd_export_triton(args: argparse.Namespace) -> int:
+    from engines.triton_repo import write_triton_repository
+
+    setup_logging(args.log_level or "INFO")
+    written = write_triton_repository(
+        Path(args.out), weights_dir=Path(args.weights) if args.weights else None
+    )
+    for name in written:
+        print(f"{args.out}/{name}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,11 +221,35 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     b = sub.add_parser("bench", help="benchmarks (JSON results)")
-    b.add_argument("what", choices=["ingest"])
+    b.add_argument("what", choices=sorted(BENCHES))
     b.add_argument("--json", required=True)
     b.add_argument("--frames", type=int, default=None, help="frames per measurement")
     b.add_argument("--sizes", type=int, nargs="*", default=None, help="square frame sizes, e.g. 2048 512")
+    b.add_argument("--quick", action="store_true", help="a small, fast run (smoke tests)")
+    b.add_argument("--weights", default=None, help="weights directory (default: engines/weights)")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
     b.set_defaults(fn=cmd_bench)
+
+    for name, table, fn, what_help in (
+        ("train", TRAINERS, cmd_train, "train a shipped model, export ONNX, write its manifest"),
+        ("finetune", FINETUNERS, cmd_finetune, "adapt a shipped model to new data"),
+    ):
+        t = sub.add_parser(name, help=what_help)
+        t.add_argument("what", choices=sorted(table))
+        t.add_argument("--out", default=None, help="output directory (default: engines/weights)")
+        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--epochs", type=int, default=None)
+        t.add_argument("--quick", action="store_true", help="tiny smoke run (tests)")
+        t.add_argument("--data", default=None, help="training data directory (finetune)")
+        t.add_argument("--weights", default=None, help="starting weights directory (finetune)")
+        t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        t.add_argument("--no-progress", action="store_true")
+        t.set_defaults(fn=fn)
+
+    et = sub.add_parser("export-triton", help="write a Triton model repository for the shipped models")
+    et.add_argument("--out", required=True)
+    et.add_argument("--weights", default=None, help="weights directory (default: engines/weights)")
+    et.set_defaults(fn=cmd_export_triton)
     return p
 
 

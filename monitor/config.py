@@ -32,7 +32,7 @@ class DaemonSettings:
 @dataclass(frozen=True)
 class SourceSettings:
     name: str
-    kind: Literal["array10", "replay"]
+    kind: Literal["array10", "replay", "stream2", "bluesky"]
     # array10
     endpoint: str = ""
     socket: Literal["pull", "sub"] = "pull"
@@ -53,13 +53,25 @@ class SourceSettings:
 @dataclass(frozen=True)
 class PipelineSettings:
     name: str
-    kind: Literal["frame_stats"]
+    kind: Literal["frame_stats", "early_warning", "segmentation", "alignment"]
     streams: tuple[str, ...] = ("frames",)
     queue_size: int = 8
     policy: Literal["drop_oldest", "block"] = "drop_oldest"
     """Overload policy: ``drop_oldest`` skips the oldest queued frame (counted, stored as
     skipped with reason ``overload``); ``block`` applies back-pressure to the sources."""
     max_batch: int = 1
+    max_wait_ms: float = 0.0
+    """How long a worker waits for more queued frames to fill ``max_batch`` (0: take what is there)."""
+    # model pipelines
+    model: str = ""
+    """Model name in the registry (``engines/weights/<model>.json``); empty: the pipeline's default."""
+    weights_dir: str = ""
+    """Directory holding manifests and ONNX files; empty: the shipped ``engines/weights``."""
+    backend: Literal["auto", "onnxruntime", "torch", "tensorrt", "triton"] = "onnxruntime"
+    threads: int = 1
+    """Intra-op threads for the inference backend (CPU)."""
+    options: dict[str, bool | int | float | str] = field(default_factory=dict)
+    """Kind-specific settings, parsed by the pipeline with :func:`parse_options`."""
     saturation_value: float = 0.0
     """Pixel value counted as saturated (0: the dtype's maximum)."""
     dead_value: float = 0.0
@@ -153,6 +165,10 @@ def _convert(value: object, tp: object, key: str) -> object:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(key, f"expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table, got {value!r}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(key, f"expected a list, got {value!r}")
@@ -201,6 +217,11 @@ def _build(cls: type[T], data: dict[str, object], prefix: str = "") -> T:
     return cls(**kwargs)
 
 
+def parse_options(cls: type[T], options: dict[str, bool | int | float | str], key: str) -> T:
+    """Build a pipeline's typed options dataclass from ``[pipelines.options]``; bad keys name ``key``."""
+    return _build(cls, dict(options), key)
+
+
 def _positive(value: float, key: str, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
@@ -230,6 +251,8 @@ def validate(cfg: MonitorConfig) -> MonitorConfig:
         pnames.add(p.name)
         _positive(p.queue_size, f"{key}.queue_size")
         _positive(p.max_batch, f"{key}.max_batch")
+        _positive(p.max_wait_ms, f"{key}.max_wait_ms", allow_zero=True)
+        _positive(p.threads, f"{key}.threads")
         if not p.streams:
             raise ConfigError(f"{key}.streams", "must name at least one stream")
     for i, r in enumerate(cfg.alerts.rules):

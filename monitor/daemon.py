@@ -93,6 +93,7 @@ class Daemon:
         self.force_exit = False
         self.telemetry = Telemetry()
         self.live = LiveState(history=cfg.dashboard.history)
+        self.live.pipelines = tuple((p.name, p.kind) for p in cfg.pipelines)
         self.live.ack_handler = self._acknowledge
         self.store_path = store_path or run_path(cfg)
         self.dashboard_url = ""
@@ -127,6 +128,7 @@ class Daemon:
                 self._on_disposition,
                 self.live.publish_frame,
                 live_interval_s=cfg.dashboard.update_ms / 1000.0 if self._wants_display else None,
+                on_points=self.live.publish_points,
             )
             for s in cfg.pipelines
         ]

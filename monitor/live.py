@@ -30,6 +30,21 @@ class LiveFrame:
     t_received: float
     image: np.ndarray  # float32, at most MAX_DISPLAY_PX per side
     scalars: tuple[tuple[str, float], ...] = ()
+    pipeline: str = ""
+    overlays: tuple[tuple[str, np.ndarray], ...] = ()
+    """Display-sized extras from the pipeline (masks, contours, maps); see ``LiveOverlays``."""
+
+
+@dataclass(frozen=True, slots=True)
+class LivePoint:
+    """One result's scalars, kept per pipeline for timelines (every result, not sampled)."""
+
+    pipeline: str
+    stream: str
+    series: str
+    index: int
+    t: float
+    scalars: tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +85,11 @@ class LiveState:
         self._frames: dict[str, LiveFrame] = {}
         self._health: deque[TelemetrySnapshot] = deque(maxlen=history)
         self._alarms: dict[str, Alarm] = {}
+        self._latest: dict[str, LiveFrame] = {}
+        self._points: dict[str, deque[LivePoint]] = {}
+        self._history = history
+        self.pipelines: tuple[tuple[str, str], ...] = ()
+        """(name, kind) of each configured pipeline; set by the daemon, read by the display."""
         self._version = 0
         self.ack_handler: AckHandler = _reject_ack
 
@@ -81,7 +101,29 @@ class LiveState:
     def publish_frame(self, frame: LiveFrame) -> None:
         with self._lock:
             self._frames[frame.stream] = frame
+            if frame.pipeline:
+                self._latest[frame.pipeline] = frame
             self._version += 1
+
+    def publish_points(self, points: list[LivePoint]) -> None:
+        if not points:
+            return
+        with self._lock:
+            for p in points:
+                q = self._points.get(p.pipeline)
+                if q is None:
+                    q = self._points[p.pipeline] = deque(maxlen=self._history)
+                q.append(p)
+            self._version += 1
+
+    def latest(self, pipeline: str) -> LiveFrame | None:
+        """The newest display frame a pipeline published (with its overlays)."""
+        with self._lock:
+            return self._latest.get(pipeline)
+
+    def points(self, pipeline: str) -> list[LivePoint]:
+        with self._lock:
+            return list(self._points.get(pipeline, ()))
 
     def publish_health(self, snap: TelemetrySnapshot) -> None:
         with self._lock:

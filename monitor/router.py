@@ -14,11 +14,14 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 
+import numpy as np
+
+from engines.batching import gather_batch
 from monitor.config import PipelineSettings
 from monitor.frames import Disposition, Frame, Rejection, SeriesEvent, Status
-from monitor.live import LiveFrame, display_image
+from monitor.live import LiveFrame, LivePoint, display_image
 from monitor.logutil import RateLimitedLog
-from monitor.pipelines.base import Pipeline, Result
+from monitor.pipelines.base import LiveOverlays, Pipeline, Result
 from monitor.telemetry import Telemetry
 
 log = logging.getLogger("monitor.router")
@@ -32,6 +35,7 @@ class BatchOutcome:
     results: list[Result]
     live: list[LiveFrame]
     error: str = ""
+    points: tuple[LivePoint, ...] = ()
 
 
 class PipelineWorker:
@@ -45,6 +49,7 @@ class PipelineWorker:
         on_disposition: DispositionHandler,
         on_live: Callable[[LiveFrame], None],
         live_interval_s: float | None = 0.2,
+        on_points: Callable[[list[LivePoint]], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.settings = settings
@@ -53,6 +58,7 @@ class PipelineWorker:
         self._on_results = on_results
         self._on_disposition = on_disposition
         self._on_live = on_live
+        self._on_points = on_points
         self._live_interval = live_interval_s
         self._last_live: dict[str, float] = {}
         self.queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize=settings.queue_size)
@@ -96,11 +102,27 @@ class PipelineWorker:
         if self._live_interval is None:  # no display attached: don't spend CPU on images
             return BatchOutcome(results, live)
         now = time.monotonic()
-        for res in results:
+        points = tuple(
+            LivePoint(
+                pipeline=self.name,
+                stream=r.frame.stream,
+                series=r.frame.series,
+                index=r.frame.index,
+                t=r.frame.t_received,
+                scalars=tuple((k, float(v)) for k, v in r.scalars.items()),
+            )
+            for r in results
+        )
+        for res, point in zip(results, points, strict=True):
             stream = res.frame.stream
             if now - self._last_live.get(stream, -1e9) >= self._live_interval:
                 self._last_live[stream] = now
                 f = res.frame
+                image = display_image(f.array)
+                overlays: tuple[tuple[str, np.ndarray], ...] = ()
+                if isinstance(self.pipeline, LiveOverlays):
+                    drawn = self.pipeline.display_overlays(res, (image.shape[0], image.shape[1]))
+                    overlays = tuple(drawn.items())
                 live.append(
                     LiveFrame(
                         stream=stream,
@@ -108,21 +130,23 @@ class PipelineWorker:
                         series=f.series,
                         index=f.index,
                         t_received=f.t_received,
-                        image=display_image(f.array),
-                        scalars=tuple((k, float(v)) for k, v in res.scalars.items()),
+                        image=image,
+                        scalars=point.scalars,
+                        pipeline=self.name,
+                        overlays=overlays,
                     )
                 )
-        return BatchOutcome(results, live)
+        return BatchOutcome(results, live, points=points)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            first = await self.queue.get()
-            batch = [first]
-            while len(batch) < self.settings.max_batch and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            t_start = time.time()
+            batch: list[Frame] = []
             try:
+                await gather_batch(
+                    self.queue, self.settings.max_batch, self.settings.max_wait_ms / 1000.0, into=batch
+                )
+                t_start = time.time()
                 outcome = await loop.run_in_executor(self._executor, self._compute, batch)
                 try:
                     self._finish(batch, outcome, t_start)
@@ -147,9 +171,16 @@ class PipelineWorker:
             )
             self._fail(batch, outcome.error, t_done)
             return
+        # Batch latency is accounted back to every frame of the batch.
         results = [
             dataclasses.replace(
-                r, latency=dataclasses.replace(r.latency, queued=t_start - r.frame.t_received)
+                r,
+                latency=dataclasses.replace(
+                    r.latency,
+                    queued=t_start - r.frame.t_received,
+                    compute=r.latency.compute or (t_done - t_start),
+                    batch_size=len(batch),
+                ),
             )
             for r in outcome.results
         ]
@@ -161,6 +192,8 @@ class PipelineWorker:
             self._on_disposition(Disposition.for_frame(r.frame, self.name, Status.PROCESSED, "", t_done))
         for lf in outcome.live:
             self._on_live(lf)
+        if self._on_points is not None and outcome.points:
+            self._on_points(list(outcome.points))
 
     def _fail(self, batch: Sequence[Frame], error: str, t_done: float) -> None:
         reason = error.split(":", 1)[0][:60]

@@ -65,3 +65,14 @@ class Pipeline(Protocol):
     def schema(self) -> ResultSchema: ...
 
     def process(self, frames: Sequence[Frame]) -> list[Result]: ...
+
+
+@runtime_checkable
+class LiveOverlays(Protocol):
+    """Optional: a pipeline that draws on the dashboard returns display-sized extras per result.
+
+    Called in the worker thread only for results that reach the display (sampled at the
+    dashboard's update rate), so it may do some work. ``shape`` is the display image's shape.
+    """
+
+    def display_overlays(self, result: Result, shape: tuple[int, int]) -> dict[str, np.ndarray]: ...
