@@ -111,7 +111,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from monitor.sim.demo import run_demo
 
     setup_logging(args.log_level or "INFO")
-    return asyncio.run(run_demo(duration=args.duration, port=args.port, out_dir=Path(args.out)))
+    return asyncio.run(
+        run_demo(duration=args.duration, port=args.port, out_dir=Path(args.out), parts=args.parts)
+    )
 
 
 def _bench_ingest(args: argparse.Namespace) -> int:
@@ -218,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=float, default=None, help="exit cleanly after S seconds")
     d.add_argument("--port", type=int, default=5006, help="dashboard port")
     d.add_argument("--out", default="runs/demo", help="directory for the demo's HDF5 and journal")
+    d.add_argument(
+        "--parts", nargs="*", default=None, help="pipeline demos to include (default: all available)"
+    )
     d.set_defaults(fn=cmd_demo)
 
     b = sub.add_parser("bench", help="benchmarks (JSON results)")

@@ -1,0 +1,1 @@
+"""Torch modules for the shipped models."""

@@ -1,0 +1,1 @@
+"""Physics-based synthetic data with ground truth; every generator takes a seed."""

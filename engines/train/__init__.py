@@ -1,0 +1,1 @@
+"""Training loops, datasets and metrics for the shipped models."""

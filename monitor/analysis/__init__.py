@@ -1,0 +1,1 @@
+"""Non-NN numerics: tracking, registration, XANES fitting, morphology."""
