@@ -1,1 +1,166 @@
-"""runtime."""
+"""Inference backends behind one Runner protocol; ``create_runner`` picks and builds one.
+
+``auto`` tries TensorRT → PyTorch-CUDA → ONNX Runtime and logs why each earlier choice was
+passed over; :func:`chosen_backends` lists what every runner built in this process uses, so
+the daemon can store it with the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from engines.errors import BackendUnavailable, EngineError
+from engines.registry import WEIGHTS_DIR, Manifest, TensorSpec, load_manifest, onnx_path
+from engines.runtime.base import BaseRunner, Runner, RunnerStats
+
+__all__ = [
+    "BACKENDS",
+    "BaseRunner",
+    "Runner",
+    "RunnerStats",
+    "chosen_backends",
+    "create_runner",
+]
+
+log = logging.getLogger("engines.runtime")
+
+BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt", "triton")
+
+_chosen: dict[str, str] = {}
+_chosen_lock = threading.Lock()
+
+
+def chosen_backends() -> dict[str, str]:
+    """model name → backend description, for every runner created in this process."""
+    with _chosen_lock:
+        return dict(_chosen)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _resolve(model: Manifest | str | Path, weights_dir: Path | None) -> tuple[Manifest | None, Path, Path]:
+    """(manifest or None, onnx path, directory) for a manifest, a registry name or an ONNX path."""
+    if isinstance(model, Manifest):
+        d = weights_dir or WEIGHTS_DIR
+        return model, onnx_path(model, d), d
+    p = Path(model)
+    if p.suffix == ".onnx":
+        if not p.is_file():
+            raise EngineError(f"no ONNX file at {p}")
+        return None, p, p.parent
+    m = load_manifest(str(model), weights_dir)
+    d = weights_dir or WEIGHTS_DIR
+    return m, onnx_path(m, d), d
+
+
+def _specs_from_onnx(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    init = {i.name for i in graph.initializer}
+
+    def spec(v: object) -> TensorSpec:
+        t = v.type.tensor_type  # type: ignore[attr-defined]
+        dims = tuple(d.dim_param or d.dim_value or "dim" for d in t.shape.dim)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        return TensorSpec(v.name, dims, dtype)  # type: ignore[attr-defined]
+
+    return (
+        tuple(spec(v) for v in graph.input if v.name not in init),
+        tuple(spec(v) for v in graph.output),
+    )
+
+
+def create_runner(
+    model: Manifest | str | Path,
+    backend: str = "onnxruntime",
+    *,
+    threads: int = 1,
+    weights_dir: Path | str | None = None,
+    device: str = "cuda",
+    precision: str = "auto",
+    trt_dims: Mapping[str, tuple[int, int, int]] | None = None,
+    triton_url: str = "127.0.0.1:8001",
+) -> BaseRunner:
+    """A runner for a registry name, a :class:`Manifest` or an ``.onnx`` path (not yet activated)."""
+    wd = Path(weights_dir) if weights_dir not in (None, "") else None
+    manifest, path, directory = _resolve(model, wd)
+    if manifest is not None:
+        name, inputs, outputs = manifest.name, manifest.inputs, manifest.outputs
+    else:
+        name = path.stem
+        inputs, outputs = _specs_from_onnx(path)
+    if backend not in BACKENDS:
+        raise EngineError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+
+    def build(kind: str) -> BaseRunner:
+        if kind == "onnxruntime":
+            from engines.runtime.ort import OnnxRuntimeRunner
+
+            return OnnxRuntimeRunner(path, name, inputs, outputs, threads=threads)
+        if kind == "torch":
+            from engines.runtime.torch_backend import TorchRunner, torch_module_from_manifest
+
+            if manifest is None:
+                raise BackendUnavailable(
+                    f"{path}: the torch backend needs a manifest naming the torch module"
+                )
+            dev = device if _cuda_available() else "cpu"
+            return TorchRunner(
+                torch_module_from_manifest(manifest, directory),
+                name,
+                inputs,
+                outputs,
+                device=dev,
+                precision=precision,
+                threads=threads,
+            )
+        if kind == "tensorrt":
+            from engines.runtime.tensorrt_backend import TensorRTRunner, import_tensorrt
+
+            import_tensorrt()
+            dims = dict(trt_dims or {})
+            if manifest is not None and not dims:
+                extra = manifest.extra.get("trt_dims", {})
+                if isinstance(extra, Mapping):
+                    dims = {str(k): tuple(v) for k, v in extra.items()}  # type: ignore[misc]
+            prec = "fp16" if precision == "auto" else precision
+            return TensorRTRunner(path, name, inputs, outputs, precision=prec, dims=dims)
+        from engines.runtime.triton_backend import TritonRunner
+
+        return TritonRunner(triton_url, name, inputs, outputs)
+
+    if backend == "auto":
+        reasons = []
+        candidates = ["tensorrt", "torch"] if _cuda_available() else []
+        if not candidates:
+            reasons.append("no CUDA device: TensorRT and PyTorch-CUDA skipped")
+        runner: BaseRunner | None = None
+        for kind in candidates:
+            try:
+                runner = build(kind)
+                break
+            except BackendUnavailable as exc:
+                reasons.append(f"{kind}: {exc}")
+        if runner is None:
+            runner = build("onnxruntime")
+        log.info(
+            "model %s: backend auto chose %s (%s)",
+            name,
+            runner.describe(),
+            "; ".join(reasons) or "first choice",
+        )
+    else:
+        runner = build(backend)
+    with _chosen_lock:
+        _chosen[name] = runner.describe()
+    return runner
