@@ -13,6 +13,7 @@ import hmac
 import logging
 import platform
 import signal
+import sys
 import time
 from asyncio import FIRST_COMPLETED
 from collections.abc import Sequence
@@ -64,7 +65,16 @@ def versions() -> dict[str, str]:
         "hdf5": h5py.version.hdf5_version,
         "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(),
+        **_model_backends(),
     }
+
+
+def _model_backends() -> dict[str, str]:
+    """Backend and model hash of every inference runner built (only if the model stack is loaded)."""
+    runtime = sys.modules.get("engines.runtime")
+    if runtime is None:
+        return {}
+    return {f"model:{name}": desc for name, desc in runtime.chosen_backends().items()}
 
 
 def run_path(cfg: MonitorConfig, now: datetime | None = None) -> Path:

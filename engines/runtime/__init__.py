@@ -162,5 +162,5 @@ def create_runner(
     else:
         runner = build(backend)
     with _chosen_lock:
-        _chosen[name] = runner.describe()
+        _chosen[name] = runner.describe() + (f"; sha256 {manifest.sha256}" if manifest else f"; {path}")
     return runner
