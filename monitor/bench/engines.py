@@ -59,8 +59,10 @@ class BenchModel:
 def _time_calls(fn: Callable[[], object], seconds: float, min_calls: int = 3) -> list[float]:
     t_warm = time.perf_counter() + min(0.5, seconds)
     for i in range(100):  # warm-up: oneDNN primitive creation, allocations, lazy init
+        t0 = time.perf_counter()
         fn()
-        if i >= 2 and time.perf_counter() > t_warm:
+        slow = time.perf_counter() - t0 > 0.3
+        if (i >= 2 or (i >= 1 and slow)) and time.perf_counter() > t_warm:
             break
     times: list[float] = []
     t_end = time.perf_counter() + seconds
