@@ -72,6 +72,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from monitor.sim.array10 import run_simulator
 
     setup_logging(args.log_level or "INFO")
+    if args.protocol == "stream2":
+        from monitor.sim.stream2 import cli_simulate
+
+        return cli_simulate(args)
+    if args.protocol == "bluesky":
+        from monitor.sim.bluesky_demo import cli_simulate as bluesky_simulate
+
+        return bluesky_simulate(args)
     if args.protocol != "array10":
         raise MonitorError(f"protocol {args.protocol!r} is not implemented yet (available: array10)")
     sent = asyncio.run(
@@ -116,6 +124,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_bluesky_demo(args: argparse.Namespace) -> int:
+    from monitor.sim.bluesky_demo import cli_demo
+
+    setup_logging(args.log_level or "INFO")
+    return cli_demo(args)
+
+
 def _bench_ingest(args: argparse.Namespace) -> int:
     from monitor.bench.ingest import run_ingest_bench
 
@@ -131,6 +146,7 @@ BENCHES: dict[str, str] = {
     "segmentation": "monitor.bench.segmentation:cli_main",
     "alignment": "monitor.bench.alignment:cli_main",
     "stream2": "monitor.bench.stream2:cli_main",
+    "bluesky": "monitor.bench.bluesky:cli_main",
 }
 TRAINERS: dict[str, str] = {
     "early-warning": "engines.train.early_warning:cli_main",
@@ -195,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=cmd_check)
 
     s = sub.add_parser("simulate", help="stream synthetic detector frames")
-    s.add_argument("--protocol", default="array10", choices=["array10"])
+    s.add_argument("--protocol", default="array10", choices=["array10", "stream2", "bluesky"])
     s.add_argument("--endpoint", required=True, help="e.g. tcp://127.0.0.1:5555")
     s.add_argument("--rate", type=float, default=10.0, help="frames per second (0: as fast as possible)")
     s.add_argument("--shape", type=int, nargs=2, default=[512, 512], metavar=("Y", "X"))
@@ -205,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream", default="frames")
     s.add_argument("--dtype", default="uint16")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--compression", default="bslz4", choices=["bslz4", "lz4", "none"], help="stream2 only")
+    s.add_argument("--channels", nargs="+", default=["threshold_1"], help="stream2 only: channel names")
     s.set_defaults(fn=cmd_simulate)
 
     rp = sub.add_parser("replay", help="run a file through a pipeline offline (same result layout)")
@@ -224,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--parts", nargs="*", default=None, help="pipeline demos to include (default: all available)"
     )
     d.set_defaults(fn=cmd_demo)
+
+    bd = sub.add_parser("bluesky-demo", help="RunEngine + ophyd sim devices → 0MQ proxy → daemon")
+    bd.add_argument("--out", default="runs/bluesky-demo", help="detector HDF5, results and journal go here")
+    bd.add_argument("--points", type=int, default=40, help="points per scan (a current ramp)")
+    bd.add_argument("--scans", type=int, default=3)
+    bd.add_argument("--format", default="msgpack", choices=["msgpack", "json", "pickle"])
+    bd.add_argument("--inline", action="store_true", help="images inline in events (default: HDF5 + datum)")
+    bd.add_argument("--shape", type=int, nargs=2, default=[512, 512], metavar=("Y", "X"))
+    bd.add_argument("--delay", type=float, default=0.1, help="seconds between points")
+    bd.add_argument("--port", type=int, default=5006, help="dashboard port")
+    bd.add_argument("--no-dashboard", action="store_true")
+    bd.add_argument("--epics-prefix", default="", help="serve alarm PVs with this prefix (e.g. OPERANDO:)")
+    bd.set_defaults(fn=cmd_bluesky_demo)
 
     b = sub.add_parser("bench", help="benchmarks (JSON results)")
     b.add_argument("what", choices=sorted(BENCHES))

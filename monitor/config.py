@@ -48,6 +48,26 @@ class SourceSettings:
     rate_hz: float = 0.0
     """Replay rate; 0 replays as fast as the pipeline takes frames."""
     loop: bool = False
+    # bluesky (always a SUB socket connected to the proxy's out-port, e.g. tcp://host:5578)
+    format: Literal["auto", "msgpack", "json", "pickle"] = "auto"
+    """Document serialisation; ``auto`` tells pickle, msgpack and JSON apart by their first bytes."""
+    trust_pickle: bool = False
+    """Accept pickled documents (bluesky's default serializer). Only on a trusted network: they
+    are still loaded by a restricted unpickler (builtins containers and numpy arrays only)."""
+    prefix: str = ""
+    """The Publisher's ``prefix``; messages with another prefix are filtered out. Empty: all."""
+    data_key: str = ""
+    """Data key that holds the image; empty: the first 2-D array key of each descriptor."""
+    current_field: str = ""
+    """Data key copied into ``FrameMeta.current_mA`` (e.g. ``potentiostat_current``); empty: none."""
+    hdf5_timeout_s: float = 5.0
+    """How long to retry reading an external (AD_HDF5 / stream_datum) frame while the file grows."""
+    root_map: dict[str, str] = field(default_factory=dict)
+    """Path prefixes to rewrite in resource paths (writer's root → this host's mount point)."""
+    # stream2 (DECTRIS SIMPLON Stream V2: PULL connected to the detector's PUSH, port 31001)
+    channel: str = ""
+    """Image channel to route (e.g. ``threshold_1``); empty: the first channel of each series.
+    Frames get ``stream`` as stream name, or the channel name when ``stream`` is empty."""
 
 
 @dataclass(frozen=True)
@@ -107,12 +127,29 @@ class RuleSettings:
 
 
 @dataclass(frozen=True)
+class EpicsSettings:
+    """Alarm PVs served over Channel Access by caproto (``<prefix>STATE``, ``SCORE``, ``TRIP``, ...)."""
+
+    enabled: bool = False
+    prefix: str = "OPERANDO:"
+    heartbeat_s: float = 1.0
+    """``<prefix>HEARTBEAT`` increments this often."""
+    trip_severity: Literal["MINOR", "MAJOR"] = "MAJOR"
+    """``<prefix>TRIP`` is 1 while an alarm of at least this severity (up to MAJOR) is active."""
+    trip_on_invalid: bool = False
+    """Also trip while an INVALID alarm (a silent source) is active."""
+    interfaces: tuple[str, ...] = ()
+    """Addresses the server listens on; empty: EPICS_CAS_INTF_ADDR_LIST, else all interfaces."""
+
+
+@dataclass(frozen=True)
 class AlertSettings:
     journal: str = "alarms.jsonl"
     """JSON Lines journal path, relative to the store directory unless absolute."""
     zmq_pub: str = ""
     """Endpoint the alarm PUB socket binds (e.g. ``tcp://127.0.0.1:5570``); empty: off."""
     rules: tuple[RuleSettings, ...] = ()
+    epics: EpicsSettings = field(default_factory=EpicsSettings)
 
 
 @dataclass(frozen=True)
@@ -239,8 +276,17 @@ def validate(cfg: MonitorConfig) -> MonitorConfig:
         names.add(src.name)
         if src.kind == "array10" and not src.endpoint:
             raise ConfigError(f"{key}.endpoint", "required for kind 'array10'")
+        if src.kind == "stream2" and not src.endpoint:
+            raise ConfigError(f"{key}.endpoint", "required for kind 'stream2' (e.g. tcp://detector:31001)")
+        if src.kind == "stream2" and src.channel.strip() != src.channel:
+            raise ConfigError(f"{key}.channel", f"channel name has surrounding spaces: {src.channel!r}")
         if src.kind == "replay" and not src.path:
             raise ConfigError(f"{key}.path", "required for kind 'replay'")
+        if src.kind == "bluesky" and not src.endpoint:
+            raise ConfigError(f"{key}.endpoint", "required for kind 'bluesky' (the proxy's out-port)")
+        if " " in src.prefix:
+            raise ConfigError(f"{key}.prefix", "a bluesky prefix may not contain a space")
+        _positive(src.hdf5_timeout_s, f"{key}.hdf5_timeout_s")
         _positive(src.max_frame_bytes, f"{key}.max_frame_bytes")
         _positive(src.rate_hz, f"{key}.rate_hz", allow_zero=True)
     pnames: set[str] = set()
@@ -270,6 +316,10 @@ def validate(cfg: MonitorConfig) -> MonitorConfig:
             if r.source not in names:
                 raise ConfigError(f"{key}.source", f"no source named {r.source!r}")
             _positive(r.timeout_s, f"{key}.timeout_s")
+    if cfg.alerts.epics.enabled:
+        _positive(cfg.alerts.epics.heartbeat_s, "alerts.epics.heartbeat_s")
+        if not cfg.alerts.epics.prefix:
+            raise ConfigError("alerts.epics.prefix", "must not be empty")
     _positive(cfg.store.flush_interval_s, "store.flush_interval_s")
     _positive(cfg.store.chunk_rows, "store.chunk_rows")
     _positive(cfg.dashboard.update_ms, "dashboard.update_ms")

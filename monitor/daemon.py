@@ -53,6 +53,14 @@ log = logging.getLogger("monitor.daemon")
 def build_source(settings: SourceSettings, context: zmq.asyncio.Context) -> Source:
     if settings.kind == "array10":
         return Array10Source(settings, context)
+    if settings.kind == "stream2":
+        from monitor.sources.stream2 import Stream2Source  # cbor2 + dectris-compression only when used
+
+        return Stream2Source(settings, context)
+    if settings.kind == "bluesky":
+        from monitor.sources.bluesky import BlueskySource  # msgpack + h5py reads only when used
+
+        return BlueskySource(settings, context)
     return ReplaySource(settings)
 
 
@@ -128,6 +136,8 @@ class Daemon:
             journal_path = Path(cfg.store.directory) / journal_path
         self.journal_path = journal_path
         self.alarms: AlarmManager | None = None
+        self.epics: Any = None
+        """The EPICS alarm-PV sink (``monitor.alerts.epics.EpicsAlarmSink``) when enabled."""
         self.workers = [
             PipelineWorker(
                 build_pipeline(s),
@@ -229,6 +239,12 @@ class Daemon:
         self.store_path.parent.mkdir(parents=True, exist_ok=True)
         journal = JournalSink(self.journal_path)
         sinks = [LiveSink(self.live), CallbackSink("store", self.recorder.add_alarm)]
+        if self.cfg.alerts.epics.enabled:
+            from monitor.alerts.epics import EpicsAlarmSink  # caproto only when enabled
+
+            self.epics = EpicsAlarmSink(self.cfg.alerts.epics)
+            await self.epics.start()
+            sinks.append(self.epics)
         if self.cfg.alerts.zmq_pub:
             sinks.append(ZmqPubSink(self.cfg.alerts.zmq_pub))
         latch = frozenset(r.name for r in self.cfg.alerts.rules if r.latch)
@@ -327,6 +343,8 @@ class Daemon:
         if self._display is not None:
             await self._display.stop()
         if self.alarms is not None:
+            if self.epics is not None:
+                await self.epics.stop()
             self.alarms.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._zctx.destroy(linger=0)
