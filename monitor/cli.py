@@ -62,6 +62,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     pipes = ", ".join(f"{p.name} ({p.kind}) <- {list(p.streams)}" for p in cfg.pipelines)
     print(f"  pipelines: {pipes or '(none)'}")
     print(f"  rules:     {', '.join(r.name for r in cfg.alerts.rules) or '(none)'}")
+    epics = cfg.alerts.epics
+    print(f"  epics:     {f'{epics.prefix}STATE/SCORE/TRIP/MSG/HEARTBEAT' if epics.enabled else 'disabled'}")
     print(f"  store:     {cfg.store.directory}/{cfg.store.filename}")
     dash = cfg.dashboard
     print(f"  dashboard: {f'http://{dash.host}:{dash.port}/' if dash.enabled else 'disabled'}")
@@ -249,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--scans", type=int, default=3)
     bd.add_argument("--format", default="msgpack", choices=["msgpack", "json", "pickle"])
     bd.add_argument("--inline", action="store_true", help="images inline in events (default: HDF5 + datum)")
+    bd.add_argument("--stream", action="store_true", help="HDF5 + stream_resource/stream_datum (ophyd-async)")
     bd.add_argument("--shape", type=int, nargs=2, default=[512, 512], metavar=("Y", "X"))
     bd.add_argument("--delay", type=float, default=0.1, help="seconds between points")
     bd.add_argument("--port", type=int, default=5006, help="dashboard port")

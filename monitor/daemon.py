@@ -9,6 +9,7 @@ drain deadline passes are stored as skipped (``shutdown``), never lost silently.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import platform
@@ -16,7 +17,7 @@ import signal
 import sys
 import time
 from asyncio import FIRST_COMPLETED
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +32,7 @@ import monitor
 from monitor.aio import sleep_unless
 from monitor.alerts.manager import AlarmManager
 from monitor.alerts.model import FrameRef
-from monitor.alerts.rules import SilenceRule, ThresholdRule
+from monitor.alerts.rules import SilenceRule, ThresholdRule, Verdict
 from monitor.alerts.sinks import CallbackSink, JournalSink, LiveSink, ZmqPubSink
 from monitor.config import MonitorConfig, SourceSettings
 from monitor.display import Display
@@ -62,6 +63,18 @@ def build_source(settings: SourceSettings, context: zmq.asyncio.Context) -> Sour
 
         return BlueskySource(settings, context)
     return ReplaySource(settings)
+
+
+def with_run_label(verdict: Verdict, extra: Mapping[str, object]) -> Verdict:
+    """Name the Bluesky run (``scan_id``, ``plan_name``, ``sample`` in ``FrameMeta.extra``) in the message."""
+    if "scan_id" not in extra:
+        return verdict
+    label = f"scan {extra['scan_id']}"
+    if extra.get("plan_name"):
+        label += f" {extra['plan_name']}"
+    if extra.get("sample"):
+        label += f", sample {extra['sample']}"
+    return dataclasses.replace(verdict, message=f"{verdict.message} [{label}]")
 
 
 def versions() -> dict[str, str]:
@@ -189,6 +202,7 @@ class Daemon:
                 verdict = rule.evaluate(r.frame.stream, float(value))
                 if verdict is not None:
                     f = r.frame
+                    verdict = with_run_label(verdict, f.meta.extra)
                     self.alarms.apply(verdict, FrameRef(f.source, f.stream, f.series, f.index, f.seq))
 
     def _acknowledge(self, alarm_id: str, operator: str, token: str) -> AckResult:

@@ -292,7 +292,7 @@ def shipped_models(weights: Path | None) -> list[BenchModel]:
 
 def run(json_path: Path, quick: bool, weights: Path | None, threads: int) -> dict[str, object]:
     seconds, rounds = (0.3, 1) if quick else (2.0, 3)
-    batches = [1, 2] if quick else [1, 2, 4, 8]
+    batches = [1, 2] if quick else [1, 2, 4]
     results: dict[str, object] = {
         "machine": {
             "cpus": os.cpu_count(),
