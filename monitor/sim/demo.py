@@ -78,8 +78,27 @@ def load_demo_parts(names: list[str] | None = None) -> list[DemoPart]:
         except ModuleNotFoundError as exc:
             log.warning("demo part %s is not available: %s", name, exc)
             continue
-        parts.append(getattr(module, attr)())
+        part = getattr(module, attr)()
+        problem = _unavailable(part)
+        if problem:
+            log.warning("demo part %s left out: %s", name, problem)
+            continue
+        parts.append(part)
     return parts
+
+
+def _unavailable(part: DemoPart) -> str:
+    """Why a part's pipelines cannot be built here (e.g. its model is not shipped yet), or ''."""
+    from engines.errors import EngineError
+    from monitor.errors import MonitorError
+    from monitor.pipelines.registry import build_pipeline
+
+    for settings in part.pipelines:
+        try:
+            build_pipeline(settings)
+        except (MonitorError, EngineError, OSError, ValueError) as exc:
+            return f"pipeline {settings.name}: {exc}"
+    return ""
 
 
 def with_parts(cfg: MonitorConfig, parts: list[DemoPart]) -> MonitorConfig:

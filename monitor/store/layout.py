@@ -17,7 +17,7 @@ from monitor.errors import StoreError
 from monitor.frames import Status
 from monitor.pipelines.base import ResultSchema
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bumped whenever a dataset, column or attribute changes meaning."""
 
 LIBVER: tuple[str, str] = ("v110", "latest")
@@ -97,10 +97,32 @@ RESULT_FIXED: tuple[tuple[str, str], ...] = (
     ("latency_compute", "<f8"),
     ("latency_queued", "<f8"),
     ("batch_size", "<i4"),
+    # the frame's metadata from the wire (NaN / -1 when absent); extra as JSON (run metadata)
+    ("meta_energy_eV", "<f8"),
+    ("meta_slice_z", "<f8"),
+    ("meta_current_mA", "<f8"),
+    ("meta_cycle", "<i8"),
+    ("meta_step", "<i8"),
+    ("meta_extra", "S512"),
 )
+META_EXTRA_BYTES = 512
 
 STATUS_NAMES: dict[str, int] = {s.name: int(s) for s in Status}
 SEVERITY_NAMES: dict[str, int] = {s.name: int(s) for s in Severity}
+
+
+def meta_extra_json(extra: Mapping[str, object]) -> bytes:
+    """FrameMeta.extra as compact JSON for the ``meta_extra`` column; keys dropped (and counted in
+    ``_truncated``) until it fits, so the column never holds half a JSON document."""
+    items = dict(extra)
+    dropped = 0
+    while True:
+        doc = dict(items, _truncated=dropped) if dropped else items
+        raw = json.dumps(doc, separators=(",", ":"), default=str).encode()
+        if len(raw) <= META_EXTRA_BYTES or not items:
+            return raw[:META_EXTRA_BYTES]
+        items.pop(next(reversed(items)))
+        dropped += 1
 
 
 def check_pipeline_name(name: str) -> None:

@@ -184,6 +184,14 @@ class RunStore:
         out["latency_queued"] = [r.latency.queued for r in results]
         out["t_done"] = out["t_received"] + out["latency_queued"] + out["latency_compute"]
         out["batch_size"] = [r.latency.batch_size for r in results]
+        nan, none = math.nan, -1
+        metas = [r.frame.meta for r in results]
+        out["meta_energy_eV"] = [nan if m.energy_eV is None else m.energy_eV for m in metas]
+        out["meta_slice_z"] = [nan if m.slice_z is None else m.slice_z for m in metas]
+        out["meta_current_mA"] = [nan if m.current_mA is None else m.current_mA for m in metas]
+        out["meta_cycle"] = [none if m.cycle is None else m.cycle for m in metas]
+        out["meta_step"] = [none if m.step is None else m.step for m in metas]
+        out["meta_extra"] = [L.meta_extra_json(m.extra) if m.extra else b"" for m in metas]
         for name in schema.scalars:
             out[name] = [float(r.scalars.get(name, math.nan)) for r in results]
 

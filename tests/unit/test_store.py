@@ -243,7 +243,7 @@ def test_attrs(tmp_path: Path) -> None:
     make_store(tmp_path, run="cell-7", t_start=123.0).close()
     with RunReader(tmp_path / "run.h5") as reader:
         attrs = reader.attrs
-        assert attrs.run == "cell-7" and attrs.t_start == 123.0 and attrs.format_version == 1
+        assert attrs.run == "cell-7" and attrs.t_start == 123.0 and attrs.format_version == 2
         assert attrs.config_toml.startswith("[store]")
         assert attrs.versions["monitor"] == "0.1.0"
         assert attrs.sources == ("xrd-det", "txm")
@@ -347,3 +347,32 @@ def test_every_alarm_transition_name_survives_the_store(tmp_path: Path) -> None:
         store.flush()
     with RunReader(tmp_path / "run.h5") as r:
         assert [e.transition for e in r.alarms()] == list(TRANSITIONS)
+
+
+def test_results_carry_frame_metadata(tmp_path: Path) -> None:
+    """Run metadata (bluesky scan_id, plan_name, ...) and wire metadata reach the results table."""
+    import json as _json
+
+    from monitor.frames import Frame, FrameMeta
+    from monitor.pipelines.base import Result
+    from monitor.store import RunReader
+    from monitor.store.layout import meta_extra_json
+
+    meta = FrameMeta(
+        energy_eV=8340.5,
+        current_mA=1.25,
+        cycle=3,
+        extra={"scan_id": 7, "plan_name": "count", "sample": "cell-A"},
+    )
+    f = Frame("s", "src", "ser", 0, np.zeros((2, 2), np.uint16), 0.0, 1.0, meta, seq=1)
+    g = Frame("s", "src", "ser", 1, np.zeros((2, 2), np.uint16), 0.0, 1.0, seq=2)
+    with make_store(tmp_path) as store:
+        store.write_results("stats", [Result("stats", f, {"mean": 1.0}), Result("stats", g, {"mean": 2.0})])
+        path = store.path
+    rows = RunReader(path).results("stats")
+    assert rows["meta_energy_eV"][0] == 8340.5 and np.isnan(rows["meta_energy_eV"][1])
+    assert rows["meta_cycle"].tolist() == [3, -1] and rows["meta_current_mA"][0] == 1.25
+    assert _json.loads(rows["meta_extra"][0]) == {"scan_id": 7, "plan_name": "count", "sample": "cell-A"}
+    big = meta_extra_json({f"k{i}": "v" * 40 for i in range(40)})
+    doc = _json.loads(big)
+    assert len(big) <= 512 and doc["_truncated"] > 0
