@@ -111,7 +111,15 @@ class FrameStatsPipeline:
         out = []
         for frame in frames:
             t0 = time.perf_counter()
-            sat = self.settings.saturation_value or default_saturation(frame.array.dtype)
+            # configured value, else the detector's own (stream2 start message), else the dtype's max
+            detector_sat = frame.meta.extra.get("saturation_value")
+            sat = (
+                self.settings.saturation_value
+                or (
+                    float(detector_sat) if isinstance(detector_sat, int | float) and detector_sat > 0 else 0.0
+                )
+                or default_saturation(frame.array.dtype)
+            )
             stats = frame_statistics(frame.array, sat, self.settings.dead_value)
             out.append(
                 Result(

@@ -28,3 +28,24 @@ def test_negative_int16_values() -> None:
     assert s["min"] == -5 and s["max"] == 7
     assert s["saturated_fraction"] == 0.25
     assert s["dead_fraction"] == 0.5
+
+
+def test_detector_saturation_value_from_metadata() -> None:
+    """A stream2 detector's saturation_value (carried in FrameMeta.extra) is used when none is set."""
+    from monitor.config import PipelineSettings
+    from monitor.frames import Frame, FrameMeta
+    from monitor.pipelines.frame_stats import FrameStatsPipeline
+
+    a = np.full((10, 10), 100, np.uint32)
+    a[0, :5] = 5000
+    meta = FrameMeta(extra={"saturation_value": 5000})
+    p = FrameStatsPipeline(PipelineSettings(name="s", kind="frame_stats"))
+    with_meta = p.process([Frame("f", "d", "s", 0, a, 0.0, 0.0, meta)])[0]
+    without = p.process([Frame("f", "d", "s", 1, a, 0.0, 0.0)])[0]
+    assert with_meta.scalars["saturated_fraction"] == 0.05
+    assert without.scalars["saturated_fraction"] == 0.0
+    configured = FrameStatsPipeline(PipelineSettings(name="s", kind="frame_stats", saturation_value=100))
+    assert (
+        configured.process([Frame("f", "d", "s", 0, a, 0.0, 0.0, meta)])[0].scalars["saturated_fraction"]
+        == 1.0
+    )
