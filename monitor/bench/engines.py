@@ -195,7 +195,12 @@ def reduced_precision(
         "speedup_vs_fp32": t8.throughput / t32.throughput,
         **_errors(ref, got),
     }
-    if m.module is not None:
+    if m.module is not None and not cpu_has_bf16():
+        out["bf16_torch"] = {
+            "skipped": "this CPU has no bf16 instructions (avx512_bf16 / amx_bf16): bf16 is emulated, "
+            "measured ~100x slower than fp32 here, never worth it"
+        }
+    elif m.module is not None:
         tf = _summary("torch_fp32", batch, _time_calls(_torch_fn(m.module, feeds), seconds))
         tb = _summary("torch_bf16", batch, _time_calls(_torch_fn(m.module, feeds, bf16=True), seconds))
         with torch.inference_mode():
@@ -211,6 +216,21 @@ def reduced_precision(
             **_errors(as_dict(r), as_dict(b)),
         }
     return out
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_has_bf16() -> bool:
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def _errors(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict[str, float]:
@@ -299,6 +319,9 @@ def run(json_path: Path, quick: bool, weights: Path | None, threads: int) -> dic
             "threads": threads,
             "processor": platform.processor(),
             "torch": torch.__version__,
+            "simd": sorted(
+                cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "avx_vnni"}
+            ),
             "cuda": torch.cuda.is_available(),
         },
         "method": f"alternating rounds ({rounds}) of {seconds:g} s per backend and batch; median round kept",
