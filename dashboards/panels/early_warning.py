@@ -1,0 +1,152 @@
+"""Early-warning panel: growth image, risk timeline with the alarm band, latent trace, status.
+
+Samples ``LiveState``: ``latest(pipeline)`` for the newest growth image, ``points(pipeline)`` for
+the risk / latent / lead-time timelines (every result; NaN while a window fills). The band
+shades the hysteresis region (clear below 0.6, alarm at ≥ 0.8 for 3 windows).
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+from bokeh.layouts import column, row
+from bokeh.models import BoxAnnotation, ColumnDataSource, Div, LinearColorMapper, Range1d, Span, UIElement
+from bokeh.plotting import figure
+
+from dashboards.panels.frame import auto_contrast
+from dashboards.panels.style import SECTION_STYLE, SEVERITY_COLORS, TEXT_MUTED, heading, number
+from monitor.alerts.model import Severity
+from monitor.live import LivePoint, LiveState
+
+IMAGE_PX = 360
+MAJOR = 0.8
+CLEAR = 0.6
+RISK_COLOR = "#dc2626"
+LATENT_COLOR = "#7c3aed"
+
+
+def _empty_image() -> dict[str, list[object]]:
+    return {"image": [], "x": [], "y": [], "dw": [], "dh": []}
+
+
+def timeline(points: list[LivePoint]) -> dict[str, list[float]]:
+    """Columns for the timelines: ``t`` (ms epoch), risk, latent, lead time, frame index."""
+    cols: dict[str, list[float]] = {"t": [], "risk": [], "latent": [], "lead": [], "index": []}
+    for p in points:
+        s = dict(p.scalars)
+        cols["t"].append(p.t * 1000.0)
+        cols["risk"].append(s.get("risk", float("nan")))
+        cols["latent"].append(s.get("latent", float("nan")))
+        cols["lead"].append(s.get("lead_time_frames", float("nan")))
+        cols["index"].append(float(p.index))
+    return cols
+
+
+class EarlyWarningPanel:
+    def __init__(self, pipeline: str, live: LiveState) -> None:
+        self.pipeline = pipeline
+        self.live = live
+        self.image = ColumnDataSource(_empty_image(), name="early_warning_image_source")
+        self.mapper = LinearColorMapper(palette="Greys256", low=0, high=1)
+        self.frame = figure(
+            name="early_warning_image", css_classes=["om-ew-image"], title="waiting for growth frames…",
+            width=IMAGE_PX, height=IMAGE_PX,
+            x_range=Range1d(0, 1), y_range=Range1d(1, 0), tools="pan,wheel_zoom,reset", toolbar_location=None,
+        )  # fmt: skip
+        self.frame.image(
+            image="image", x="x", y="y", dw="dw", dh="dh", source=self.image, color_mapper=self.mapper
+        )
+        self.frame.grid.visible = False
+        self.frame.axis.visible = False
+        self.frame.title.text_font_size = "13px"
+        self.series = ColumnDataSource(timeline([]), name="early_warning_series")
+        self.risk = figure(
+            name="early_warning_risk", title="Risk: transition within H frames", width=560, height=200,
+            x_axis_type="datetime", y_range=Range1d(-0.02, 1.02), tools="xpan,xwheel_zoom,reset",
+            toolbar_location=None,
+        )  # fmt: skip
+        self.risk.add_layout(BoxAnnotation(bottom=CLEAR, top=MAJOR, fill_color="#eab308", fill_alpha=0.15))
+        self.risk.add_layout(
+            BoxAnnotation(bottom=MAJOR, top=1.02, fill_color=SEVERITY_COLORS[Severity.MAJOR], fill_alpha=0.10)
+        )
+        self.risk.add_layout(
+            Span(location=MAJOR, dimension="width", line_color=RISK_COLOR, line_dash="dashed")
+        )
+        self.risk.line("t", "risk", source=self.series, color=RISK_COLOR, line_width=2)
+        self.risk.yaxis.axis_label = "risk"
+        self.latent = figure(
+            name="early_warning_latent", title="Latent (surrogate variable of destabilisation)", width=560,
+            height=160, x_axis_type="datetime", x_range=self.risk.x_range, tools="", toolbar_location=None,
+        )  # fmt: skip
+        self.latent.line("t", "latent", source=self.series, color=LATENT_COLOR, line_width=2)
+        self.latent.yaxis.axis_label = "latent"
+        for fig in (self.risk, self.latent):
+            fig.title.text_font_size = "13px"
+        self.status = Div(name="early_warning_status", text=self._status_html(None), width=560)
+        self.layout: UIElement = column(
+            Div(text=heading(f"Early warning · {pipeline}")),
+            row(self.frame, column(self.risk, self.latent, self.status)),
+            styles=SECTION_STYLE,
+        )
+        self._key: tuple[str, int] | None = None
+        self._n_points = -1
+        self._last_point: tuple[str, int] | None = None
+
+    def update(self, now: float) -> None:
+        frame = self.live.latest(self.pipeline)
+        if frame is not None and (frame.series, frame.index) != self._key:
+            self._key = (frame.series, frame.index)
+            img = np.ascontiguousarray(frame.image, dtype=np.float32)
+            if img.ndim == 2 and img.size:
+                lo, hi = auto_contrast(img)
+                self.mapper.update(low=lo, high=hi)
+                ny, nx = img.shape
+                self.image.data = {
+                    "image": [img],
+                    "x": [0.0],
+                    "y": [0.0],
+                    "dw": [float(nx)],
+                    "dh": [float(ny)],
+                }
+                self.frame.x_range.update(start=0, end=nx)
+                self.frame.y_range.update(start=ny, end=0)
+                self.frame.title.text = f"{frame.series} · frame {frame.index}"
+        points = self.live.points(self.pipeline)
+        last = (points[-1].series, points[-1].index) if points else None
+        if len(points) != self._n_points or last != self._last_point:
+            self._n_points, self._last_point = len(points), last
+            self.series.data = timeline(points)
+            self.status.text = self._status_html(points[-1] if points else None)
+
+    @staticmethod
+    def _status_html(point: LivePoint | None) -> str:
+        if point is None:
+            return f'<div class="om-ew-status" style="color: {TEXT_MUTED}">no results yet</div>'
+        s = dict(point.scalars)
+        risk = s.get("risk", float("nan"))
+        fill = s.get("window_fill", 0.0)
+        if not np.isfinite(risk):
+            state, color = f"filling window ({fill:.0%})", TEXT_MUTED
+        elif risk >= MAJOR:
+            state, color = "HIGH — dendritic transition imminent", SEVERITY_COLORS[Severity.MAJOR]
+        elif risk >= CLEAR:
+            state, color = "elevated", SEVERITY_COLORS[Severity.MINOR]
+        else:
+            state, color = "compact growth", SEVERITY_COLORS[Severity.NO_ALARM]
+        cells = [
+            ("series", point.series),
+            ("frame", str(point.index)),
+            ("risk", number(risk)),
+            ("latent", number(s.get("latent", float("nan")))),
+            ("lead time est. [frames]", number(s.get("lead_time_frames", float("nan")))),
+        ]
+        body = "".join(
+            f'<span style="margin-right: 14px; white-space: nowrap;"><span style="color: {TEXT_MUTED}">'
+            f"{html.escape(k)}</span> <b>{html.escape(v)}</b></span>"
+            for k, v in cells
+        )
+        return (
+            f'<div class="om-ew-status" style="font: 13px/1.6 system-ui, sans-serif;">'
+            f'<b style="color: {color}">{html.escape(state)}</b><br>{body}</div>'
+        )
