@@ -121,6 +121,9 @@ class RuleSettings:
     min_count: int = 1
     """Consecutive results beyond a level before the alarm raises (the minimum duration)."""
     latch: bool = False
+    reset_on_series: bool = False
+    """Clear the alarm when a new series (run) starts on the stream, so one run's alarm does not
+    carry into the next (e.g. early warning: each growth run is its own series)."""
     # silence
     source: str = ""
     timeout_s: float = 5.0

@@ -199,7 +199,7 @@ class Daemon:
                 value = r.scalars.get(rule.metric)
                 if value is None:
                     continue
-                verdict = rule.evaluate(r.frame.stream, float(value))
+                verdict = rule.evaluate(r.frame.stream, float(value), r.frame.series)
                 if verdict is not None:
                     f = r.frame
                     verdict = with_run_label(verdict, f.meta.extra)

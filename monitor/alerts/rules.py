@@ -46,6 +46,7 @@ class ThresholdRule:
             self._levels.append((Severity.MAJOR, settings.major))
         self._current: dict[str, Severity] = {}
         self._streak: dict[str, tuple[Severity, int]] = {}
+        self._series: dict[str, str] = {}
 
     def _threshold(self, sev: Severity) -> float:
         for level, value in self._levels:
@@ -64,11 +65,32 @@ class ThresholdRule:
                 level = max(level, sev)
         return level
 
-    def evaluate(self, subject: str, value: float) -> Verdict | None:
-        """Feed one value for ``subject`` (e.g. a stream); return a verdict when it changes."""
+    def evaluate(self, subject: str, value: float, series: str = "") -> Verdict | None:
+        """Feed one value for ``subject`` (e.g. a stream); return a verdict when it changes.
+
+        With ``reset_on_series``, the first value of a new series clears the subject's alarm
+        (the condition belonged to the previous run) and restarts the minimum-duration count.
+        """
+        alarm_id = f"{self.name}:{subject}"
+        if self.settings.reset_on_series:
+            previous = self._series.get(alarm_id)
+            self._series[alarm_id] = series
+            if previous is not None and previous != series:
+                self._streak.pop(alarm_id, None)
+                was = self._current.pop(alarm_id, Severity.NO_ALARM)
+                level = Severity.NO_ALARM if math.isnan(value) else self._raw_level(value, Severity.NO_ALARM)
+                if level > Severity.NO_ALARM and self.settings.min_count > 1:
+                    self._streak[alarm_id] = (level, 1)  # this value counts towards the new run's streak
+                if was > Severity.NO_ALARM and (level == Severity.NO_ALARM or self.settings.min_count > 1):
+                    return Verdict(
+                        alarm_id,
+                        Severity.NO_ALARM,
+                        value,
+                        self._threshold(was),
+                        f"{self.pipeline}.{self.metric}: new series {series!r}; {previous!r} reset",
+                    )
         if math.isnan(value):
             return None
-        alarm_id = f"{self.name}:{subject}"
         current = self._current.get(alarm_id, Severity.NO_ALARM)
         level = self._raw_level(value, current)
         if level > current:

@@ -157,6 +157,7 @@ def demo_part() -> DemoPart:
             major=0.8,
             hysteresis=0.2,
             min_count=3,
+            reset_on_series=True,
         ),
         RuleSettings(name="growth_silent", kind="silence", source="growth", timeout_s=10.0),
     )

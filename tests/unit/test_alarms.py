@@ -156,3 +156,31 @@ def test_journal_failure_still_reaches_the_other_sinks(tmp_path: Path) -> None:
     m.apply(rule(major=1.0).evaluate("s", 2.0))  # type: ignore[arg-type]
     assert [e.transition for e in probe.events] == ["raise"]
     assert m.journal_errors == 1
+
+
+def test_threshold_reset_on_series_clears_the_previous_runs_alarm() -> None:
+    from monitor.alerts.model import Severity
+    from monitor.alerts.rules import ThresholdRule
+    from monitor.config import RuleSettings
+
+    rule = ThresholdRule(
+        RuleSettings(
+            name="risk",
+            kind="threshold",
+            pipeline="ew",
+            metric="risk",
+            major=0.8,
+            hysteresis=0.2,
+            min_count=2,
+            reset_on_series=True,
+        )
+    )
+    assert rule.evaluate("growth", 0.9, "run-1") is None
+    raised = rule.evaluate("growth", 0.9, "run-1")
+    assert raised is not None and raised.severity == Severity.MAJOR
+    cleared = rule.evaluate("growth", 0.95, "run-2")  # a new run: the old run's alarm is cleared
+    assert cleared is not None and cleared.severity == Severity.NO_ALARM and "run-1" in cleared.message
+    again = rule.evaluate("growth", 0.95, "run-2")  # and the minimum duration counts afresh
+    assert again is not None and again.severity == Severity.MAJOR
+    plain = ThresholdRule(RuleSettings(name="r", kind="threshold", pipeline="ew", metric="risk", major=0.8))
+    assert plain.evaluate("g", 0.9, "a") is not None and plain.evaluate("g", 0.9, "b") is None  # no reset
