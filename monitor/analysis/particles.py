@@ -9,7 +9,7 @@ turns labels into full-resolution regions of interest for sub-pixel registration
   pixels) inside the box around this particle's territory;
 - ``body``: the particle's own (upsampled) label pixels, used for its intensity level;
 - ``neighbours``: other particles whose territory reaches into the box. Registration splits
-  contested pixels between them at full resolution (see ``registration.split_mask``), so the
+  contested pixels between them at full resolution (see ``registration._territory``), so the
   4-pixel steps of the low-resolution labels never enter a centre of mass.
 """
 
@@ -23,6 +23,36 @@ from scipy import ndimage
 from skimage.segmentation import expand_labels
 
 from engines.models.particle_net import split_instances
+
+_CROSS = ndimage.generate_binary_structure(2, 1)
+
+
+@dataclass(frozen=True)
+class RoiPixels:
+    """The ROI's ``region`` pixels as flat lists (local coordinates), for registration without
+    2-D masks: computed once when the masks are made, shared by every whole-pixel move."""
+
+    y: np.ndarray  # float32 local row of each region pixel
+    x: np.ndarray  # float32 local column
+    iy: np.ndarray  # int32 local row (for gathering)
+    ix: np.ndarray  # int32 local column
+    body: np.ndarray  # bool per pixel
+    background: np.ndarray  # bool per pixel
+    core: np.ndarray  # bool per pixel
+
+    @staticmethod
+    def of(region: np.ndarray, body: np.ndarray, background: np.ndarray, core: np.ndarray) -> RoiPixels:
+        iy, ix = np.nonzero(region)
+        iy, ix = iy.astype(np.int32), ix.astype(np.int32)
+        return RoiPixels(
+            iy.astype(np.float32),
+            ix.astype(np.float32),
+            iy,
+            ix,
+            body[iy, ix],
+            background[iy, ix],
+            core[iy, ix],
+        )
 
 
 @dataclass(frozen=True)
@@ -43,6 +73,11 @@ class ParticleROI:
     """Sub-pixel centre measured when the masks were made (set by the caller)."""
     offset: tuple[int, int] = (0, 0)
     """Whole-pixel shift applied to the masks since then (mask propagation)."""
+    pixels: RoiPixels | None = None
+    """``region`` as pixel lists (set by :func:`particle_rois`; derived on demand otherwise)."""
+
+    def pixel_lists(self) -> RoiPixels:
+        return self.pixels or RoiPixels.of(self.region, self.body, self.background, self.core)
 
     @property
     def radius(self) -> float:
@@ -108,7 +143,7 @@ def particle_rois(
         t = tb > 0
         b = labels[box] == k
         g = (tb == k) & (near[box] == 0)
-        core = ndimage.binary_erosion(b, iterations=1)
+        core = ndimage.binary_erosion(b, structure=_CROSS)
         others = tuple(int(j) for j in np.unique(tb) if j and j != k)
         y0, x0 = box[0].start * factor, box[1].start * factor
         ty, tx, tg, tc = (_upsample(m, factor) for m in (t, b, g, core))
@@ -117,17 +152,19 @@ def particle_rois(
         if h <= 0 or w <= 0:
             continue
         cy, cx = cents[k - 1]
+        region, body, bg, core_ = ty[:h, :w], tx[:h, :w], tg[:h, :w], tc[:h, :w]
         rois.append(
             ParticleROI(
                 label=k,
                 centroid=((cy + 0.5) * factor - 0.5, (cx + 0.5) * factor - 0.5),
                 area_px=float(areas[k - 1]) * factor * factor,
                 origin=(y0, x0),
-                region=ty[:h, :w],
-                body=tx[:h, :w],
-                background=tg[:h, :w],
-                core=tc[:h, :w],
+                region=region,
+                body=body,
+                background=bg,
+                core=core_,
                 neighbours=others,
+                pixels=RoiPixels.of(region, body, bg, core_),
             )
         )
     return rois

@@ -6,6 +6,8 @@ particle's own median OD and passed through a ramp that is 0 below ``lo`` and 1 
 of it. The weight is a soft silhouette: its partial-volume edge gives sub-pixel precision,
 and, being saturated inside, it does not follow the internal contrast that changes with
 energy (shrinking or offset cores), which would drag an intensity-weighted centre of mass.
+Work is on each ROI's pixel list (``ParticleROI.pixels``, made once with the masks), gathered
+from the frame by flat index: no 2-D masks or ROI copies per frame.
 
 Baselines (one shift for the whole frame): ``skimage.registration.phase_cross_correlation``
 and ``skimage.feature.match_template``, both on the same log, high-passed frames.
@@ -42,85 +44,173 @@ Circle = tuple[float, float, float]
 """(cy, cx, radius) in full-resolution frame coordinates."""
 
 
-def split_mask(roi: ParticleROI, circles: Mapping[int, Circle]) -> np.ndarray:
-    """The ROI pixels that belong to this particle: ``region`` minus pixels nearer (in the sense
-    ``|x - c| - r``, whose zero set between two touching discs runs through their contact) to a
-    neighbour. Depends on the sub-pixel centres, not on the coarse labels."""
-    mask = roi.region.copy()
-    if not roi.neighbours:
-        return mask
-    me = circles.get(roi.label)
+@dataclass(frozen=True, slots=True)
+class _Gathered:
+    """One ROI's region pixels in one frame: local coordinates, log counts and the mask flags."""
+
+    origin: tuple[int, int]
+    y: np.ndarray
+    x: np.ndarray
+    log: np.ndarray
+    body: np.ndarray
+    background: np.ndarray
+    core: np.ndarray
+    fits: dict[str, tuple]  # type: ignore[type-arg]
+    """Plane and level of the last pass (a pass with the same ring and body reuses them)."""
+
+
+def _gather(flat: np.ndarray, shape: tuple[int, int], roi: ParticleROI) -> _Gathered:
+    """Log counts of the ROI's region pixels (those inside the frame), gathered by flat index."""
+    pix = roi.pixel_lists()
+    y0, x0 = roi.origin
+    h, w = shape
+    bh, bw = roi.region.shape
+    iy, ix, y, x, body, bg, core = pix.iy, pix.ix, pix.y, pix.x, pix.body, pix.background, pix.core
+    if y0 < 0 or x0 < 0 or y0 + bh > h or x0 + bw > w:
+        gy, gx = iy + y0, ix + x0
+        ok = (gy >= 0) & (gy < h) & (gx >= 0) & (gx < w)
+        iy, ix, y, x, body, bg, core = (a[ok] for a in (iy, ix, y, x, body, bg, core))
+    idx = (iy + y0) * w + (ix + x0)
+    log = np.log(np.maximum(flat[idx], np.float32(1e-3)))
+    return _Gathered(roi.origin, y, x, log, body, bg, core, {})
+
+
+def _territory(g: _Gathered, roi: ParticleROI, circles: Mapping[int, Circle]) -> np.ndarray | None:
+    """Which pixels belong to this particle (None: all of them): ``region`` minus pixels nearer
+    (in the sense ``|x - c| - r``, whose zero set between two touching discs runs through their
+    contact) to a neighbour. Depends on the sub-pixel centres, not on the coarse labels."""
+    me = circles.get(roi.label) if roi.neighbours else None
     if me is None:
-        return mask & ~np.zeros_like(mask)
-    h, w = mask.shape
-    yy = np.arange(h, dtype=np.float32)[:, None] + np.float32(roi.origin[0])
-    xx = np.arange(w, dtype=np.float32)[None, :] + np.float32(roi.origin[1])
-    d_me = np.sqrt((yy - me[0]) ** 2 + (xx - me[1]) ** 2) - np.float32(me[2])
+        return None
+    y0, x0 = g.origin
+    keep: np.ndarray | None = None
+    d_me: np.ndarray | None = None
     for j in roi.neighbours:
         c = circles.get(j)
         if c is None:
             continue
-        d_j = np.sqrt((yy - c[0]) ** 2 + (xx - c[1]) ** 2) - np.float32(c[2])
-        mask &= d_me <= d_j
-    return mask
+        if d_me is None:
+            d_me = _dist(g, me[0] - y0, me[1] - x0) - np.float32(me[2])
+        k = d_me <= _dist(g, c[0] - y0, c[1] - x0) - np.float32(c[2])
+        keep = k if keep is None else keep & k
+    return keep
 
 
-def _plane(a: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Least-squares plane through (a = [1, y, x], v) by the 3×3 normal equations."""
-    ata = a.T @ a
-    try:
-        return np.linalg.solve(ata.astype(np.float64), (a.T @ v).astype(np.float64))
-    except np.linalg.LinAlgError:
-        return np.array([float(np.mean(v)), 0.0, 0.0])
+def _dist(g: _Gathered, cy: float, cx: float) -> np.ndarray:
+    dy = g.y - np.float32(cy)
+    dx = g.x - np.float32(cx)
+    dy *= dy
+    dx *= dx
+    dy += dx
+    return np.sqrt(dy, out=dy)
 
 
-def silhouette(
-    roi_image: np.ndarray,
-    territory: np.ndarray,
-    body: np.ndarray,
-    ramp: tuple[float, float] = RAMP,
-    background: np.ndarray | None = None,
-    core: np.ndarray | None = None,
-) -> tuple[np.ndarray, float, float]:
-    """(weights, background, body OD) for one ROI; weights are 0 outside ``territory``.
+def _median(a: np.ndarray) -> float:
+    """Median of a non-empty 1-D array (``np.partition``; ``np.median`` costs several times more)."""
+    n = a.size
+    k = n // 2
+    if n % 2:
+        return float(np.partition(a, k)[k])
+    part = np.partition(a, (k - 1, k))
+    return 0.5 * (float(part[k - 1]) + float(part[k]))
 
-    The background plane is fitted on ``background`` (default: territory minus body). Inside
-    ``core`` (the eroded body) the weight is 1: a crack is part of the particle, and its faint
-    pixels would otherwise sit on the ramp, where noise and contrast changes move them."""
-    log = np.log(np.maximum(roi_image.astype(np.float32, copy=False), 1e-3))
-    ring = (background & territory) if background is not None else territory & ~body
-    if ring.sum() < 12:
-        ring = territory & ~body
-    if ring.sum() < 12:
-        ring = territory
-    ys, xs = np.nonzero(ring)
-    vals = log[ys, xs]
-    if vals.size < 3:
-        return np.zeros_like(log), float("nan"), 0.0
-    # Background: a plane fitted to log counts in the ring (the flat field varies across a
-    # particle, and a particle moving over that gradient would otherwise bias its centre).
-    # Two passes; the second drops ring pixels that belong to the particle's own edge.
-    a = np.stack([np.ones_like(vals), ys.astype(np.float32), xs.astype(np.float32)], axis=1)
-    coef = _plane(a, vals)
-    resid = vals - a @ coef
-    keep = resid > -2.5 * max(float(np.median(np.abs(resid))) * 1.4826, 1e-4)
-    if keep.sum() >= 3:
-        coef = _plane(a[keep], vals[keep])
-    yy = np.arange(log.shape[0], dtype=np.float32)[:, None]
-    xx = np.arange(log.shape[1], dtype=np.float32)[None, :]
-    plane = np.float32(coef[0]) + np.float32(coef[1]) * yy + np.float32(coef[2]) * xx
-    b = float(np.exp(coef[0]))
-    od = plane - log
-    inside = body & territory
-    level = float(np.median(od[inside])) if inside.any() else float(od.max())
+
+def _plane(y: np.ndarray, x: np.ndarray, v: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares plane ``v ≈ a + b·y + c·x`` (normal equations on centred coordinates)."""
+    n = v.size
+    my, mx, mv = float(y.sum()) / n, float(x.sum()) / n, float(v.sum()) / n
+    yc = y - np.float32(my)
+    xc = x - np.float32(mx)
+    vc = v - np.float32(mv)
+    syy, sxx, sxy = float(yc @ yc), float(xc @ xc), float(yc @ xc)
+    syv, sxv = float(yc @ vc), float(xc @ vc)
+    det = syy * sxx - sxy * sxy
+    if not det > 1e-9 * max(syy * sxx, 1e-300):
+        return mv, 0.0, 0.0
+    by = (sxx * syv - sxy * sxv) / det
+    bx = (syy * sxv - sxy * syv) / det
+    return mv - by * my - bx * mx, by, bx
+
+
+def _robust_plane(ry: np.ndarray, rx: np.ndarray, rv: np.ndarray) -> tuple[float, float, float] | None:
+    """Background plane of log counts on the ring; the second fit drops pixels far below the
+    first (the particle's own faint edge reaching into the ring)."""
+    if rv.size < 3:
+        return None
+    a, by, bx = _plane(ry, rx, rv)
+    resid = rv - (np.float32(a) + np.float32(by) * ry + np.float32(bx) * rx)
+    mad = _median(np.abs(resid)) * 1.4826
+    keep = resid > -2.5 * max(mad, 1e-4)
+    n_keep = int(np.count_nonzero(keep))
+    if 3 <= n_keep < rv.size:
+        return _plane(ry[keep], rx[keep], rv[keep])
+    return a, by, bx
+
+
+def _measure(
+    g: _Gathered,
+    roi: ParticleROI,
+    circles: Mapping[int, Circle],
+    ramp: tuple[float, float],
+) -> CentreEstimate:
+    """Sub-pixel centre of one particle's silhouette (see the module docstring).
+
+    The background plane is fitted to log counts on the background ring (the flat field varies
+    across a particle, and a particle moving over that gradient would otherwise bias its
+    centre), twice: the second fit drops ring pixels that belong to the particle's own edge.
+    Inside the core (the eroded body) the weight is 1: a crack is part of the particle, and its
+    faint pixels would otherwise sit on the ramp, where noise and contrast changes move them."""
+    y, x, log = g.y, g.x, g.log
+    terr = _territory(g, roi, circles)
+    if terr is None:
+        ring, body, core = g.background, g.body, g.core
+    else:
+        ring, body, core = g.background & terr, g.body & terr, g.core & terr
+    if np.count_nonzero(ring) < 12:
+        ring = ~g.body if terr is None else terr & ~g.body
+        if np.count_nonzero(ring) < 12:
+            ring = np.ones_like(g.body) if terr is None else terr
+    cached = g.fits.get("plane")
+    if cached is not None and np.array_equal(cached[0], ring):
+        a, by, bx = cached[1]
+        od = cached[2]
+    else:
+        fit = _robust_plane(y[ring], x[ring], log[ring])
+        if fit is None:
+            return CentreEstimate(np.nan, np.nan, 0.0, np.nan, 0.0)
+        a, by, bx = fit
+        od = np.float32(by) * y
+        od += np.float32(bx) * x
+        od += np.float32(a)
+        od -= log
+        g.fits["plane"] = (ring, fit, od)
+        g.fits.pop("level", None)
+    b = float(np.exp(a))
+    cached = g.fits.get("level")
+    if cached is not None and np.array_equal(cached[0], body):
+        level = cached[1]
+    else:
+        inside = od[body]
+        level = (
+            _median(inside)
+            if inside.size
+            else float(od[terr].max(initial=0.0) if terr is not None else od.max())
+        )
+        g.fits["level"] = (body, level)
     if level <= 1e-4:
-        return np.zeros_like(od), b, level
+        return CentreEstimate(np.nan, np.nan, 0.0, b, level)
     lo, hi = ramp
-    w = np.clip((od / np.float32(level) - np.float32(lo)) / np.float32(hi - lo), 0, 1)
-    if core is not None:
-        w[core] = 1
-    w[~territory] = 0
-    return w, b, level
+    w = od * np.float32(1.0 / (level * (hi - lo)))
+    w -= np.float32(lo / (hi - lo))
+    np.clip(w, 0, 1, out=w)
+    w[core] = 1
+    if terr is not None:
+        w *= terr
+    total = float(w.sum(dtype=np.float64))
+    if total <= 0:
+        return CentreEstimate(np.nan, np.nan, 0.0, b, level)
+    y0, x0 = g.origin
+    return CentreEstimate(float(w @ y) / total + y0, float(w @ x) / total + x0, total, b, level)
 
 
 def centre_of_mass(
@@ -130,25 +220,8 @@ def centre_of_mass(
     ramp: tuple[float, float] = RAMP,
 ) -> CentreEstimate:
     """Sub-pixel centre (full-resolution frame coordinates) of one particle's silhouette."""
-    y0, x0 = roi.origin
-    h, w = roi.region.shape
-    ys0, xs0 = max(y0, 0), max(x0, 0)
-    ys1, xs1 = min(y0 + h, image.shape[0]), min(x0 + w, image.shape[1])
-    if ys1 <= ys0 or xs1 <= xs0:
-        return CentreEstimate(np.nan, np.nan, 0.0, np.nan, np.nan)
-    sub = (slice(ys0 - y0, ys1 - y0), slice(xs0 - x0, xs1 - x0))
-    territory = split_mask(roi, circles or {})[sub]
-    wts, b, level = silhouette(
-        image[ys0:ys1, xs0:xs1], territory, roi.body[sub], ramp, roi.background[sub], roi.core[sub]
-    )
-    total = float(wts.sum())
-    if total <= 0:
-        return CentreEstimate(np.nan, np.nan, 0.0, b, level)
-    py = wts.sum(axis=1)
-    px = wts.sum(axis=0)
-    cy = float(py @ np.arange(py.size, dtype=np.float32)) / total
-    cx = float(px @ np.arange(px.size, dtype=np.float32)) / total
-    return CentreEstimate(cy + ys0, cx + xs0, total, b, level)
+    img = np.ascontiguousarray(image, dtype=np.float32)
+    return _measure(_gather(img.ravel(), img.shape, roi), roi, circles or {}, ramp)
 
 
 def register_all(
@@ -164,7 +237,11 @@ def register_all(
     ROIs' centroids first, then (``passes`` > 1) at the refined centres of the previous pass.
 
     With ``redo`` and ``previous``, only the ROIs listed in ``redo`` are measured; the others
-    keep their ``previous`` estimate (and split the neighbours at those centres)."""
+    keep their ``previous`` estimate (and split the neighbours at those centres). Each ROI's
+    pixels are gathered once per call; a pass whose ring and body are unchanged reuses the
+    background plane and level of the one before."""
+    img = np.ascontiguousarray(image, dtype=np.float32)
+    flat = img.ravel()
     circles: dict[int, Circle] = {r.label: (r.centroid[0], r.centroid[1], r.radius) for r in rois}
     out: list[CentreEstimate] = [CentreEstimate(np.nan, np.nan, 0.0, np.nan, np.nan)] * len(rois)
     todo = list(range(len(rois)))
@@ -174,9 +251,17 @@ def register_all(
             if out[i].weight > 0:
                 circles[roi.label] = (out[i].y, out[i].x, roi.radius)
         todo = list(redo)
+    gathered: dict[int, _Gathered] = {}
+
+    def run(items: Sequence[int]) -> None:
+        for i in items:
+            g = gathered.get(i)
+            if g is None:
+                g = gathered[i] = _gather(flat, img.shape, rois[i])
+            out[i] = _measure(g, rois[i], circles, ramp)
+
     for p in range(passes):
-        for i in todo:
-            out[i] = centre_of_mass(image, rois[i], circles, ramp)
+        run(todo)
         for i, roi in enumerate(rois):
             if out[i].weight > 0:
                 circles[roi.label] = (out[i].y, out[i].x, roi.radius)
@@ -222,6 +307,67 @@ def aligned_crop(image: np.ndarray, centre: tuple[float, float], size: int, binn
     if binning > 1:
         out = out.reshape(size, binning, size, binning).mean(axis=(1, 3))
     return out.astype(np.float32)
+
+
+def box_mean(image: np.ndarray, size: int) -> np.ndarray:
+    """``size``² moving average (float32), edges mirrored: ``ndimage.uniform_filter(image, size)``
+    by shifted-slice sums, several times faster for the small sizes used here."""
+    a = np.asarray(image, dtype=np.float32)
+    r = size // 2
+    if r < 1:
+        return a.copy()
+    p = np.pad(a, r, mode="symmetric")
+    h, w = a.shape
+    rows = p[0:h].copy()
+    for i in range(1, 2 * r + 1):
+        rows += p[i : i + h]
+    out = rows[:, 0:w].copy()
+    for j in range(1, 2 * r + 1):
+        out += rows[:, j : j + w]
+    out *= np.float32(1.0 / ((2 * r + 1) ** 2))
+    return out
+
+
+class ShiftTracker:
+    """Common shift of consecutive frames by phase correlation of their high-passed versions
+    (the previous frame's spectrum is kept; peak refined by a parabola on each axis)."""
+
+    def __init__(self, highpass: int = 9) -> None:
+        self.highpass = highpass
+        self._prev: np.ndarray | None = None
+        self._prev_spec: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self._prev = self._prev_spec = None
+
+    def _spectrum(self, a: np.ndarray) -> np.ndarray:
+        return np.fft.rfft2(a - box_mean(a, self.highpass))
+
+    def update(self, image: np.ndarray, measure: bool = True) -> np.ndarray:
+        """(dy, dx) the content moved since the previous call (zeros on the first call, on a new
+        shape, or when not ``measure``: the frame is only remembered)."""
+        a = np.asarray(image, dtype=np.float32)
+        prev, prev_spec = self._prev, self._prev_spec
+        self._prev, self._prev_spec = a, None
+        if not measure or prev is None or prev.shape != a.shape:
+            return np.zeros(2)
+        if prev_spec is None:
+            prev_spec = self._spectrum(prev)
+        spec = self._prev_spec = self._spectrum(a)
+        prod = prev_spec * spec.conj()
+        prod /= np.maximum(np.abs(prod), 1e-12)
+        cc = np.fft.irfft2(prod, s=a.shape)
+        py, px = np.unravel_index(int(np.argmax(cc)), cc.shape)
+        h, w = cc.shape
+
+        def refine(c_m: float, c_0: float, c_p: float) -> float:
+            den = c_m - 2 * c_0 + c_p
+            return 0.0 if den >= 0 else float(np.clip(0.5 * (c_m - c_p) / den, -0.5, 0.5))
+
+        dy = py + refine(cc[py - 1, px], cc[py, px], cc[(py + 1) % h, px])
+        dx = px + refine(cc[py, px - 1], cc[py, px], cc[py, (px + 1) % w])
+        shift = np.array([dy - h if dy > h / 2 else dy, dx - w if dx > w / 2 else dx])
+        return -shift
 
 
 # -- global baselines ------------------------------------------------------------------------

@@ -60,6 +60,42 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(structural_similarity(a, b, data_range=hi - lo, win_size=win))
 
 
+def _box_valid(a: np.ndarray, win: int) -> np.ndarray:
+    """Means over every full ``win``² window of each image in ``a`` (N, h, w)."""
+    c = np.cumsum(np.cumsum(a, axis=1), axis=2)
+    c = np.pad(c, ((0, 0), (1, 0), (1, 0)))
+    s = c[:, win:, win:] - c[:, :-win, win:] - c[:, win:, :-win] + c[:, :-win, :-win]
+    return s / (win * win)
+
+
+def ssim_batch(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`ssim` of each pair of equally shaped thumbnails in ``a``, ``b`` (N, h, w), at once.
+
+    Same definition as ``structural_similarity`` (uniform ``win``² window, sample covariance,
+    K1 = 0.01, K2 = 0.03, mean over the windows that fit inside the image)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    n, h, w = a.shape
+    win = min(7, h, w) | 1
+    lo = np.minimum(a.reshape(n, -1).min(axis=1), b.reshape(n, -1).min(axis=1))
+    hi = np.maximum(a.reshape(n, -1).max(axis=1), b.reshape(n, -1).max(axis=1))
+    rng = hi - lo
+    flat = rng <= 1e-9
+    c1 = ((0.01 * rng) ** 2)[:, None, None]
+    c2 = ((0.03 * rng) ** 2)[:, None, None]
+    ua, ub = _box_valid(a, win), _box_valid(b, win)
+    cov = win * win / (win * win - 1.0)
+    va = cov * (_box_valid(a * a, win) - ua * ua)
+    vb = cov * (_box_valid(b * b, win) - ub * ub)
+    vab = cov * (_box_valid(a * b, win) - ua * ub)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = (2 * ua * ub + c1) * (2 * vab + c2) / ((ua * ua + ub * ub + c1) * (va + vb + c2))
+    # (skimage filters the whole image, then crops (win - 1) // 2 px: the full windows, as here)
+    out = s.reshape(n, -1).mean(axis=1)
+    out[flat] = 1.0
+    return out
+
+
 class Tracker:
     def __init__(
         self,
@@ -102,13 +138,11 @@ class Tracker:
             big = 1e6
             cost = np.where(cost <= self.gate_px, cost, big)
             rows, cols = linear_sum_assignment(cost)
-            for r, c in zip(rows, cols, strict=True):
-                if cost[r, c] >= big:
-                    continue
+            pairs = [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if cost[r, c] < big]
+            scores = self._scores(pairs, thumbs, cost, score_all)
+            for (r, c), score in zip(pairs, scores, strict=True):
                 track = self.tracks[r]
                 far = cost[r, c] > self.confirm_px
-                same_shape = track.thumb.shape == thumbs[c].shape
-                score = ssim(track.thumb, thumbs[c]) if same_shape and (far or score_all) else float("nan")
                 if far and not score >= self.min_ssim:
                     continue  # far and does not look the same: not this particle
                 new_pos = centres[c].astype(np.float64)
@@ -153,9 +187,43 @@ class Tracker:
             started.append(track.id)
         return TrackUpdate(tuple(assignment), tuple(lost), tuple(found), tuple(started), tuple(dropped))
 
+    def _scores(
+        self, pairs: list[tuple[int, int]], thumbs: list[np.ndarray], cost: np.ndarray, score_all: bool
+    ) -> list[float]:
+        """SSIM of each (track, detection) pair that needs one (NaN for the others), batched."""
+        out = [float("nan")] * len(pairs)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, (r, c) in enumerate(pairs):
+            a, b = self.tracks[r].thumb, thumbs[c]
+            if (
+                a.shape == b.shape
+                and a.ndim == 2
+                and min(a.shape) >= 7
+                and (score_all or cost[r, c] > self.confirm_px)
+            ):
+                groups.setdefault(a.shape, []).append(k)
+        for ks in groups.values():
+            vals = ssim_batch(
+                np.stack([self.tracks[pairs[k][0]].thumb for k in ks]),
+                np.stack([thumbs[pairs[k][1]] for k in ks]),
+            )
+            for k, v in zip(ks, vals, strict=True):
+                out[k] = float(v)
+        return out
+
     @property
     def missing_now(self) -> int:
         return sum(1 for t in self.tracks if t.missing)
+
+
+def thumbnails(image: np.ndarray, centres: np.ndarray, size: int) -> list[np.ndarray]:
+    """:func:`thumbnail` for each of ``centres`` (N, 2), padding the image once."""
+    half = size // 2
+    padded = np.pad(np.asarray(image, dtype=np.float32), half, mode="edge")
+    out = []
+    for cy, cx in np.rint(np.asarray(centres, dtype=np.float64).reshape(-1, 2)).astype(int):
+        out.append(np.ascontiguousarray(padded[cy : cy + size, cx : cx + size]))
+    return out
 
 
 def thumbnail(image: np.ndarray, centre: tuple[float, float], size: int) -> np.ndarray:

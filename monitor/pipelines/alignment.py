@@ -29,16 +29,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
-from skimage.registration import phase_cross_correlation
 
 from engines.errors import EngineError
 from engines.models.particle_net import auto_downsample, downsample, normalise, pad_to_multiple
 from engines.registry import load_manifest
 from engines.runtime import create_runner
 from monitor.analysis.particles import ParticleROI, particle_rois, split
-from monitor.analysis.registration import aligned_crop, register_all
-from monitor.analysis.tracking import Kinematics, KinematicsState, Tracker, TrackUpdate, thumbnail
+from monitor.analysis.registration import CentreEstimate, ShiftTracker, aligned_crop, box_mean, register_all
+from monitor.analysis.tracking import Kinematics, KinematicsState, Tracker, TrackUpdate, thumbnails
 from monitor.analysis.xanes import ScanAccumulator, XanesMaps, XanesSettings
 from monitor.config import PipelineSettings, parse_options
 from monitor.errors import ConfigError
@@ -85,6 +83,8 @@ class AlignmentOptions:
     """Registration passes for touching particles on detection frames (2: split again at the
     refined centres; on propagated frames ``refine_masks`` does that)."""
     refine_masks: bool = True
+    refine_passes: int = 1
+    """How many times ``refine_masks`` re-places the masks and measures again."""
     """On frames without a network pass, re-place the propagated masks at the measured centres
     and measure once more."""
     """SSIM of every match on every N-th frame (monitoring); far matches are always confirmed."""
@@ -158,7 +158,7 @@ class AlignmentPipeline:
         """Track id → particle area (full-resolution px²) when the track started."""
         self._sample: str | int | float | bool | None = None
         self._scalar_names = FRAME_SCALARS + particle_scalar_names(o.max_particles)
-        self._prev_small: np.ndarray | None = None
+        self._shift = ShiftTracker(9)
         self.network_calls = 0
 
     # -- schema -------------------------------------------------------------------------
@@ -266,47 +266,34 @@ class AlignmentPipeline:
                 self.kin.reset()
                 self._area.clear()
                 self._rois = []
-                self._prev_small = None
+                self._shift.reset()
             self._sample = sample
         self._series = frame.series
         rb = o.reg_bin
         binned = downsample(arr, rb)
         if o.smooth > 1:
-            binned = ndimage.uniform_filter(binned, o.smooth)
+            binned = box_mean(binned, o.smooth)
         if labels is not None:
             rois = [
                 r
                 for r in particle_rois(labels, f // rb, binned.shape)
                 if r.area_px * rb * rb >= o.min_area_px
             ]
+            self._shift.update(small, measure=False)
             rois = self._keep_radii(rois, rb)
             self._since_detect = 0
         else:
-            rois = self._propagated(rb, self._frame_shift(small) * f)
+            rois = self._propagated(rb, self._shift.update(small) * f)
             self._since_detect += 1
-        self._prev_small = small
         est = register_all(binned, rois, o.split_passes if labels is not None else 1)
         if labels is None and o.refine_masks:
-            # Propagated masks sat where the particle was predicted; put them where it was
-            # measured and measure again (a lagging mask biases the background plane).
-            moved = [r.follow((e.y, e.x)) if e.weight > 0 else r for r, e in zip(rois, est, strict=True)]
-            # Only particles whose masks moved, or whose split circle was off by more than half a
-            # pixel, can change; the others keep their first measurement.
-            redo = [
-                i
-                for i, (r, m, e) in enumerate(zip(rois, moved, est, strict=True))
-                if m.origin != r.origin
-                or (r.neighbours and np.hypot(e.y - r.centroid[0], e.x - r.centroid[1]) > 0.5)
-            ]
-            rois = moved
-            if redo:
-                est = register_all(binned, rois, 1, redo=redo, previous=est)
+            rois, est = self._refine(binned, rois, est)
         good = [(r, e) for r, e in zip(rois, est, strict=True) if e.weight > 0]
         if labels is not None:  # masks made now: remember where the particle was when made
             good = [(r.anchored((e.y, e.x)), e) for r, e in good]
         rois = [r for r, _ in good]
         centres = np.array([((e.y + 0.5) * rb - 0.5, (e.x + 0.5) * rb - 0.5) for _, e in good]).reshape(-1, 2)
-        thumbs = [thumbnail(small, ((c[0] + 0.5) / f - 0.5, (c[1] + 0.5) / f - 0.5), 24) for c in centres]
+        thumbs = thumbnails(small, (centres + 0.5) / f - 0.5, 24)
         self._frames_seen += 1
         upd = self.tracker.update(centres, thumbs, score_all=self._frames_seen % o.ssim_every == 0)
         self._rois = rois
@@ -342,6 +329,28 @@ class AlignmentPipeline:
             self._latest_maps = {t.slot: maps[t.id] for t in self.tracker.tracks if t.id in maps}
         return self._result(frame, state, upd, labels, rois, maps, partial, energy, scan_reported)
 
+    def _refine(
+        self, binned: np.ndarray, rois: list[ParticleROI], est: list[CentreEstimate]
+    ) -> tuple[list[ParticleROI], list[CentreEstimate]]:
+        """Propagated masks sat where the particle was predicted; put them where it was measured
+        and measure again (a lagging mask biases the background plane), ``refine_passes`` times.
+
+        Only particles whose masks moved, or whose split circle was off by more than half a
+        pixel, can change; the others keep their measurement."""
+        for _ in range(self.opts.refine_passes):
+            moved = [r.follow((e.y, e.x)) if e.weight > 0 else r for r, e in zip(rois, est, strict=True)]
+            redo = [
+                i
+                for i, (r, m, e) in enumerate(zip(rois, moved, est, strict=True))
+                if m.origin != r.origin
+                or (r.neighbours and np.hypot(e.y - r.centroid[0], e.x - r.centroid[1]) > 0.5)
+            ]
+            rois = moved
+            if not redo:
+                break
+            est = register_all(binned, rois, 1, redo=redo, previous=est)
+        return rois, est
+
     def _xbin(self, f: int) -> int:
         return self.opts.xanes_bin or max(1, f // 4)
 
@@ -365,16 +374,6 @@ class AlignmentPipeline:
                 r = dataclasses.replace(r, area_px=self._area[tracks[i].id] / (rb * rb))
             out.append(r)
         return out
-
-    def _frame_shift(self, small: np.ndarray) -> np.ndarray:
-        """Common shift since the previous frame (low-resolution px): masks must not lag the jitter."""
-        prev = self._prev_small
-        if prev is None or prev.shape != small.shape:
-            return np.zeros(2)
-        a = prev - ndimage.uniform_filter(prev, 9)
-        b = small - ndimage.uniform_filter(small, 9)
-        shift, _err, _phase = phase_cross_correlation(a, b, upsample_factor=2, normalization="phase")
-        return -np.asarray(shift, dtype=np.float64)
 
     def _propagated(self, rb: int, common: np.ndarray) -> list[ParticleROI]:
         """Previous frame's ROIs, masks shifted by whole binned pixels onto each particle's last centre."""

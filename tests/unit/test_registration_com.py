@@ -6,11 +6,15 @@ import dataclasses
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from engines.synth.txm_xanes import TxmConfig, make_scene, render
 from monitor.analysis.particles import particle_rois
 from monitor.analysis.registration import (
+    ShiftTracker,
     aligned_crop,
+    box_mean,
+    centre_of_mass,
     decompose,
     highpass_log,
     phase_correlation_shift,
@@ -69,3 +73,33 @@ def test_aligned_crop_is_subpixel_and_nan_outside() -> None:
     assert crop.shape == (8, 8)
     assert np.allclose(crop[:, 0], np.arange(8) + 20.25 - 3.5)
     assert np.isnan(aligned_crop(img, (2.0, 2.0), 16)).any()
+
+
+def test_box_mean_is_uniform_filter() -> None:
+    img = np.random.default_rng(0).random((37, 52)).astype(np.float32)
+    for size in (3, 5, 9):
+        assert np.allclose(box_mean(img, size), ndimage.uniform_filter(img, size), atol=1e-6)
+
+
+def test_shift_tracker_measures_the_common_shift() -> None:
+    rng = np.random.default_rng(5)
+    blobs = ndimage.gaussian_filter(rng.standard_normal((128, 128)), 4.0, mode="wrap") > 0
+    base = ndimage.gaussian_filter(blobs.astype(np.float64), 0.7, mode="wrap").astype(np.float32)
+    st = ShiftTracker(9)
+    assert np.allclose(st.update(base), 0)
+    moved = ndimage.shift(base, (2.4, -1.3), order=3, mode="grid-wrap").astype(np.float32)
+    assert np.allclose(st.update(moved), (2.4, -1.3), atol=0.2)
+    st.update(moved, measure=False)
+    assert np.allclose(st.update(moved), 0, atol=0.05)
+
+
+def test_single_particle_centre_matches_register_all() -> None:
+    rng = np.random.default_rng(2)
+    scene = make_scene(rng, CFG)
+    img, lab = render(scene, 8345.0, np.zeros((len(scene.particles), 2)), rng)
+    rois = particle_rois(lab[2::4, 2::4].astype(np.int32), 4, img.shape)
+    both = register_all(img, rois, 1)
+    circles = {r.label: (r.centroid[0], r.centroid[1], r.radius) for r in rois}
+    for r, e in zip(rois, both, strict=True):
+        one = centre_of_mass(img, r, circles)
+        assert abs(one.y - e.y) < 1e-6 and abs(one.x - e.x) < 1e-6

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from monitor.analysis.tracking import Kinematics, Tracker
+from monitor.analysis.tracking import Kinematics, Tracker, ssim, ssim_batch, thumbnail, thumbnails
 
 
 def thumbs(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -67,3 +67,16 @@ def test_kinematics_rigid_and_nonrigid() -> None:
     assert np.allclose(k.displacement, [5.0, 4.0])
     assert np.allclose(k.velocity, [2.0, 1.6], atol=0.1)  # px per second (0.5 s frames)
     assert state.nonrigid_max > 0.9 and state.nonrigid_rate > 0
+
+
+def test_batched_ssim_and_thumbnails_match_the_single_versions() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.random((4, 24, 24)).astype(np.float32)
+    b = (a + 0.4 * rng.random((4, 24, 24))).astype(np.float32)
+    b[3] = 2.0  # flat against textured
+    assert np.allclose(ssim_batch(a, b), [ssim(x, y) for x, y in zip(a, b, strict=True)], atol=1e-6)
+    assert ssim_batch(np.ones((1, 24, 24)), np.ones((1, 24, 24)))[0] == 1.0
+    img = rng.random((60, 50)).astype(np.float32)
+    centres = np.array([[0.4, 0.0], [30.6, 25.2], [59.0, 49.0]])
+    for c, t in zip(centres, thumbnails(img, centres, 24), strict=True):
+        assert np.array_equal(t, thumbnail(img, (c[0], c[1]), 24))

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from engines.synth.txm_xanes import default_energies
-from monitor.analysis.xanes import ScanAccumulator, XanesSettings, xanes_maps
+from monitor.analysis.xanes import (
+    ScanAccumulator,
+    XanesSettings,
+    _percentile_rows,
+    edge_positions,
+    xanes_maps,
+)
 
 
 def stack_with_edges(e0: np.ndarray, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -52,3 +58,16 @@ def test_accumulator_needs_enough_energies() -> None:
     maps = acc.finish()
     assert set(maps) == {1} and abs(maps[1].mean_edge_eV - 8344.0) < 0.2
     assert np.isnan(maps[1].edge_eV[0, 0]) and np.isfinite(maps[1].edge_eV[12, 12])
+
+
+def test_percentile_and_masked_maps_agree_with_the_full_computation() -> None:
+    a = np.random.default_rng(1).random((6, 333)).astype(np.float32)
+    assert np.allclose(_percentile_rows(a, 85.0), np.percentile(a, 85, axis=1))
+    yy, xx = np.mgrid[0:20, 0:20]
+    e, stack = stack_with_edges(np.where(xx < 10, 8342.0, 8345.0), noise=0.01)
+    mask = np.hypot(yy - 9.5, xx - 9.5) < 8
+    maps = xanes_maps(e, stack, mask, XanesSettings())
+    edge, _step = edge_positions(e, stack, XanesSettings())
+    assert maps is not None and np.isnan(maps.edge_eV[~mask]).all()
+    ok = np.isfinite(maps.edge_eV)
+    assert ok.sum() > 0.9 * mask.sum() and np.allclose(maps.edge_eV[ok], edge[ok])
