@@ -133,6 +133,13 @@ def cmd_bluesky_demo(args: argparse.Namespace) -> int:
     return cli_demo(args)
 
 
+def cmd_closed_loop_demo(args: argparse.Namespace) -> int:
+    from monitor.sim.closed_loop import cli_main
+
+    setup_logging(args.log_level or "WARNING")
+    return cli_main(args)
+
+
 def _bench_ingest(args: argparse.Namespace) -> int:
     from monitor.bench.ingest import run_ingest_bench
 
@@ -258,6 +265,26 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--no-dashboard", action="store_true")
     bd.add_argument("--epics-prefix", default="", help="serve alarm PVs with this prefix (e.g. OPERANDO:)")
     bd.set_defaults(fn=cmd_bluesky_demo)
+
+    cl = sub.add_parser(
+        "closed-loop-demo", help="RunEngine charges a simulated cell; the monitor's TRIP lowers the current"
+    )
+    cl.add_argument("--out", default="runs/closed-loop", help="results and alarm journal go here")
+    cl.add_argument("--seed", type=int, default=14, help="GrowthSim seed (the open-loop run uses the same)")
+    cl.add_argument("--frames", type=int, default=64)
+    cl.add_argument("--start-mA", dest="start_mA", type=float, default=0.8, help="charging ramp start")
+    cl.add_argument("--end-mA", dest="end_mA", type=float, default=4.0, help="charging ramp end")
+    cl.add_argument("--step-frame", type=int, default=None, help="a current step at this frame, not a ramp")
+    cl.add_argument("--safe-mA", dest="safe_mA", type=float, default=0.5, help="current after TRIP")
+    cl.add_argument("--risk-major", type=float, default=0.8, help="MAJOR when risk >= this ...")
+    cl.add_argument("--risk-windows", type=int, default=3, help="... for this many consecutive windows")
+    cl.add_argument("--weights", default=None, help="weights directory (default: engines/weights)")
+    cl.add_argument("--delay", type=float, default=0.25, help="seconds between frames")
+    cl.add_argument("--open-loop", action="store_true", help="ignore TRIP (no reaction)")
+    cl.add_argument("--dashboard", action="store_true", help="serve the dashboard on --port")
+    cl.add_argument("--port", type=int, default=5006, help="dashboard port")
+    cl.add_argument("--hold", type=float, default=0.0, help="keep the daemon up this long after the run")
+    cl.set_defaults(fn=cmd_closed_loop_demo)
 
     b = sub.add_parser("bench", help="benchmarks (JSON results)")
     b.add_argument("what", choices=sorted(BENCHES))
