@@ -1,0 +1,194 @@
+"""`operando-monitor bench segmentation --json OUT.json`: accuracy and speed of the XCT models.
+
+Per model (fast U-Net, TransforCNN, E-Net ensemble; plus the paper-shaped U-Net for latency):
+
+* ``mIoU``, ``mDSC`` (and per class) on held-out synthetic 512×512 slices, seeds
+  ``BENCH_SEED0 …`` (never used in training), through the same path as the pipeline:
+  percentile normalisation → blended tiles (ONNX Runtime, CPU) → argmax;
+* ``mpx_per_s``: full-slice throughput on a 2560×2560 slice (normalise + tiles + argmax);
+* ``latency_ms_per_128_patch``: median latency of one 128×128 patch (batch 1).
+
+All on ONNX Runtime with ``--threads`` (default 2) intra-op threads. The machine's load average
+is recorded next to the numbers: on a shared machine the timings are lower bounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engines.registry import load_manifest
+from engines.runtime import create_runner
+from engines.synth.xct import N_CLASSES, make_slice
+from engines.tiling import TileSpec, full_predict, labels_from_probs, normalise_slice, tiled_predict
+from engines.train.segmentation_data import confusion, scores, slice_growth
+
+log = logging.getLogger("monitor.bench.segmentation")
+
+BENCH_SEED0 = 950_000
+MODELS = ("xct_unet_fast", "xct_transforcnn", "xct_ensemble")
+TARGETS = {"mIoU": 0.95, "mDSC": 0.96, "unet_latency_ms": 10.0, "mpx_per_s": 4.0, "fast_min_mIoU": 0.93}
+
+
+def _paper_unet_onnx(tmp: Path) -> Path:
+    """The paper-shaped U-Net (16 → 256 channels), untrained: latency does not depend on weights."""
+    import torch
+
+    from engines.export import export_onnx
+    from engines.models.unet import build_unet
+
+    torch.manual_seed(0)
+    model = build_unet(base=16, depth=5, space_to_depth=1, n_classes=N_CLASSES).eval()
+    path = tmp / "xct_unet_paper.onnx"
+    dyn = {"image": {0: "batch", 2: "height", 3: "width"}, "probs": {0: "batch", 2: "height", 3: "width"}}
+    export_onnx(
+        model,
+        (torch.zeros(1, 1, 128, 128),),
+        path,
+        input_names=["image"],
+        output_names=["probs"],
+        dynamic_axes=dyn,
+    )
+    return path
+
+
+def _latency(runner: object, reps: int) -> float:
+    x = np.random.default_rng(0).random((1, 1, 128, 128), dtype=np.float32)
+    for _ in range(3):
+        runner.infer({"image": x})  # type: ignore[attr-defined]
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        runner.infer({"image": x})  # type: ignore[attr-defined]
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def _segment(runner: object, image: np.ndarray, tile: TileSpec | None, multiple: int) -> np.ndarray:
+    def predict(b: np.ndarray) -> np.ndarray:
+        return runner.infer({"image": b})["probs"]  # type: ignore[attr-defined]
+
+    x = normalise_slice(image)
+    probs = full_predict(x, predict, multiple) if tile is None else tiled_predict(x, predict, tile)
+    return labels_from_probs(probs)
+
+
+def _throughput(runner: object, image: np.ndarray, tile: TileSpec | None, multiple: int, reps: int) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        _segment(runner, image, tile, multiple)
+        best = min(best, time.perf_counter() - t0)
+    return image.size / best / 1e6
+
+
+def run_bench(
+    out: Path, *, weights: Path | None = None, threads: int = 2, quick: bool = False
+) -> dict[str, object]:
+    n_slices, big, reps, lat_reps = (2, 1024, 1, 5) if quick else (8, 2560, 2, 30)
+    # Raw (un-normalised, as streamed) slices at the same growth levels as the training set's.
+    pairs = [
+        make_slice((512, 512), BENCH_SEED0 + i, growth=slice_growth(BENCH_SEED0 + i)) for i in range(n_slices)
+    ]
+    raw, labels = [p[0] for p in pairs], [p[1] for p in pairs]
+    big_img = make_slice((big, big), BENCH_SEED0 + 999)[0]
+    result: dict[str, object] = {
+        "config": {
+            "threads": threads,
+            "held_out_seeds": [BENCH_SEED0, BENCH_SEED0 + n_slices - 1],
+            "slices": f"{n_slices} x 512x512",
+            "throughput_slice": f"{big}x{big}",
+            "backend": "onnxruntime CPU",
+            "quick": quick,
+            "cpu_count": os.cpu_count(),
+            "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+            "machine": platform.processor() or platform.machine(),
+        },
+        "targets": TARGETS,
+        "models": {},
+    }
+    models: dict[str, dict[str, object]] = {}
+    for name in MODELS:
+        try:
+            m = load_manifest(name, weights)
+        except Exception as exc:  # noqa: BLE001 - a missing/corrupt model is reported, not fatal
+            log.warning("skipping %s: %s", name, exc)
+            models[name] = {"error": str(exc)}
+            continue
+        tile = TileSpec(**m.extra["tile"])  # type: ignore[arg-type]
+        multiple = int(m.extra.get("multiple", 16))  # type: ignore[call-overload]
+        with create_runner(m, "onnxruntime", threads=threads, weights_dir=weights) as r:
+            conf = np.zeros((N_CLASSES, N_CLASSES), np.int64)
+            for img, lab in zip(raw, labels, strict=True):
+                conf += confusion(_segment(r, img, tile, multiple), lab)
+            s = scores(conf)
+            entry: dict[str, object] = {
+                "mIoU": round(s.miou, 4),
+                "mDSC": round(s.mdsc, 4),
+                "per_class": s.as_dict(),
+                "mpx_per_s": round(_throughput(r, big_img, tile, multiple, reps), 3),
+                "latency_ms_per_128_patch": round(_latency(r, lat_reps), 2),
+                "tile": m.extra["tile"],
+                "onnx_sha256": m.sha256[:16],
+            }
+            if m.extra.get("fully_convolutional"):
+                entry["mpx_per_s_whole_slice"] = round(_throughput(r, big_img, None, multiple, reps), 3)
+                entry["mpx_per_s"] = max(entry["mpx_per_s"], entry["mpx_per_s_whole_slice"])  # type: ignore[type-var]
+        models[name] = entry
+        log.info("%s: %s", name, {k: v for k, v in entry.items() if k != "per_class"})
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        create_runner(_paper_unet_onnx(Path(tmp)), "onnxruntime", threads=threads) as r,
+    ):
+        models["xct_unet_paper_shape"] = {
+            "note": "paper-shaped U-Net (16→256 channels, 1.9 M parameters), untrained: speed only",
+            "latency_ms_per_128_patch": round(_latency(r, lat_reps), 2),
+            "mpx_per_s": round(_throughput(r, big_img, TileSpec(256, 64, 24, 4), 16, 1), 3),
+        }
+    result["models"] = models
+    result["config"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]  # type: ignore[index]
+    result["verdict"] = _verdict(models)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _verdict(models: dict[str, dict[str, object]]) -> dict[str, object]:
+    ok = {n: m for n, m in models.items() if "mIoU" in m}
+    best = max(("xct_transforcnn", "xct_ensemble"), key=lambda n: float(ok.get(n, {}).get("mIoU", 0.0)))  # type: ignore[arg-type]
+    fast = [n for n, m in ok.items() if float(m["mIoU"]) >= TARGETS["fast_min_mIoU"]]  # type: ignore[arg-type]
+    fastest = max(fast, key=lambda n: float(ok[n]["mpx_per_s"]), default=None)  # type: ignore[arg-type]
+    unet = ok.get("xct_unet_fast", {})
+    return {
+        "best_of_transforcnn_ensemble": best,
+        "accuracy_met": bool(
+            best in ok
+            and float(ok[best]["mIoU"]) >= TARGETS["mIoU"]  # type: ignore[arg-type]
+            and float(ok[best]["mDSC"]) >= TARGETS["mDSC"]  # type: ignore[arg-type]
+        ),
+        "unet_latency_met": bool(unet)
+        and float(unet["latency_ms_per_128_patch"]) <= TARGETS["unet_latency_ms"],  # type: ignore[arg-type]
+        "fastest_with_mIoU_0.93": fastest,
+        "throughput_met": fastest is not None and float(ok[fastest]["mpx_per_s"]) >= TARGETS["mpx_per_s"],  # type: ignore[arg-type]
+    }
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    res = run_bench(
+        Path(args.json),
+        weights=Path(args.weights) if args.weights else None,
+        threads=args.threads or 2,
+        quick=bool(args.quick),
+    )
+    for name, m in res["models"].items():  # type: ignore[union-attr]
+        print(name, json.dumps({k: v for k, v in m.items() if k not in ("per_class", "tile")}))
+    print("verdict", json.dumps(res["verdict"]))
+    return 0
