@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from engines.models.cnn_gru import EMBED, CnnGru, StaticCnn
+from engines.models.cnn_gru import EMBED, HIDDEN, CnnGru, StaticCnn
 from engines.models.descriptors import (
     DescriptorGru,
     DescriptorLogistic,
@@ -25,7 +25,7 @@ from engines.models.descriptors import (
     descriptors,
     logistic_features,
 )
-from engines.synth.growth import HORIZON
+from engines.synth.growth import HORIZON, PSI_CRIT
 from engines.train.early_warning_data import WINDOW, RunSet
 from engines.train.early_warning_eval import auroc
 
@@ -41,6 +41,18 @@ class FitConfig:
     weight_decay: float = 1e-4
     eta_weight: float = 0.2
     seed: int = 0
+    # Forecast weighting of the risk loss (defaults: plain mean, the shipped model's training).
+    # Windows ending more than ``post_margin`` frames after t* (dendrites plainly visible) get
+    # ``post_weight``; windows ending in [t* - H, t*] (the forecasting ones) get ``lead_weight``.
+    post_weight: float = 1.0
+    post_margin: int = 2
+    lead_weight: float = 1.0
+    # Early stopping on "auroc" (every window) or "auroc_pre" (windows ending at or before t*).
+    select_on: str = "auroc"
+    # Multi-task: weight of an auxiliary regression of the order parameter psi (window end and
+    # ``psi_ahead`` frames later) from the GRU state; the auxiliary head is dropped after training.
+    psi_weight: float = 0.0
+    psi_ahead: int = 7
 
 
 def _run_tensors(runs: RunSet, i: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,6 +77,25 @@ def _batches(n_runs: int, per_batch: int, rng: np.random.Generator) -> list[np.n
     return [order[i : i + per_batch] for i in range(0, n_runs, per_batch)]
 
 
+def window_weights(n: int, t_star: int, cfg: FitConfig) -> torch.Tensor:
+    """Loss weight of each full window of an ``n``-frame run (window ``j`` ends at ``j + WINDOW - 1``)."""
+    t = torch.arange(WINDOW - 1, n)
+    w = torch.ones(len(t))
+    if t_star >= 0:
+        w[t > t_star + cfg.post_margin] = cfg.post_weight
+        w[(t >= t_star - HORIZON) & (t <= t_star)] = cfg.lead_weight
+    return w
+
+
+def _psi_targets(runs: RunSet, i: int, ahead: int) -> torch.Tensor:
+    """Per full window: psi at the window's last frame and ``ahead`` frames later (clamped to
+    the run's end), in units of ``PSI_CRIT``: ``(n - WINDOW + 1, 2)``."""
+    psi = runs.psi[runs.offsets[i] : runs.offsets[i + 1]].astype(np.float32) / PSI_CRIT
+    end = np.arange(WINDOW - 1, len(psi))
+    later = np.minimum(end + ahead, len(psi) - 1)
+    return torch.from_numpy(np.stack([psi[end], psi[later]], axis=1))
+
+
 def _pos_weight(runs: RunSet) -> float:
     y = np.concatenate([runs.labels(i)[WINDOW - 1 :] for i in range(len(runs))])
     return float(np.clip((1 - y.mean()) / max(y.mean(), 1e-3), 1.0, 10.0))
@@ -81,31 +112,45 @@ def fit_cnn_gru(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = model or CnnGru()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    psi_head = nn.Linear(HIDDEN, 2) if cfg.psi_weight > 0 else None
+    params = list(model.parameters()) + (list(psi_head.parameters()) if psi_head is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * len(_batches(len(train), cfg.runs_per_batch, rng))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, steps))
     pos_w = torch.tensor(_pos_weight(train))
+    if cfg.select_on not in ("auroc", "auroc_pre"):
+        raise ValueError(f"select_on must be 'auroc' or 'auroc_pre', not {cfg.select_on!r}")
     history: list[dict[str, float]] = []
     best, best_auc = copy.deepcopy(model.state_dict()), -1.0
     for epoch in range(cfg.epochs):
         model.train()
         losses = []
         for idx in _batches(len(train), cfg.runs_per_batch, rng):
-            parts = [_run_tensors(train, int(i), bool(rng.random() < 0.5)) for i in idx]
+            parts = [
+                (*_run_tensors(train, int(i), bool(rng.random() < 0.5)), int(train.t_star[i]), int(i))
+                for i in idx
+            ]
             parts = [p for p in parts if len(p[0]) >= WINDOW]
             frames = torch.cat([p[0] for p in parts])
             emb = model.encoder(frames)
-            wins, ys, etas = [], [], []
+            wins, ys, etas, ws, psis = [], [], [], [], []
             start = 0
-            for f, y, eta in parts:
+            for f, y, eta, ts, i in parts:
+                if psi_head is not None:
+                    psis.append(_psi_targets(train, i, cfg.psi_ahead))
                 wins.append(_sliding(emb[start : start + len(f)], WINDOW))
                 ys.append(y[WINDOW - 1 :])
                 etas.append(eta[WINDOW - 1 :])
+                ws.append(window_weights(len(f), ts, cfg))
                 start += len(f)
-            logit, _latent, eta_hat = model.heads(model.window_states(torch.cat(wins)))
-            y, eta_t = torch.cat(ys), torch.cat(etas)
-            loss = F.binary_cross_entropy_with_logits(logit[:, 0], y, pos_weight=pos_w)
+            states = model.window_states(torch.cat(wins))
+            logit, _latent, eta_hat = model.heads(states)
+            y, eta_t, w = torch.cat(ys), torch.cat(etas), torch.cat(ws)
+            bce = F.binary_cross_entropy_with_logits(logit[:, 0], y, pos_weight=pos_w, reduction="none")
+            loss = (bce * w).sum() / w.sum()
             loss = loss + cfg.eta_weight * F.smooth_l1_loss(eta_hat[:, 0] / HORIZON, eta_t / HORIZON)
+            if psi_head is not None:
+                loss = loss + cfg.psi_weight * F.smooth_l1_loss(psi_head(states), torch.cat(psis))
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -114,7 +159,7 @@ def fit_cnn_gru(
             losses.append(loss.item())
             if progress:
                 progress(1)
-        val_auc = evaluate_auroc(val, cnn_gru_predictor(model))
+        val_auc = evaluate_auroc(val, cnn_gru_predictor(model), pre_only=cfg.select_on == "auroc_pre")
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_auroc": val_auc})
         log.info("epoch %d: loss %.4f, val AUROC %.4f", epoch + 1, history[-1]["loss"], val_auc)
         if not np.isfinite(val_auc) or val_auc > best_auc:  # undefined AUROC (one class): keep the latest
@@ -144,13 +189,21 @@ def cnn_gru_predictor(model: CnnGru) -> Callable[[np.ndarray], tuple[np.ndarray,
     return predict
 
 
-def evaluate_auroc(runs: RunSet, predict: Callable[[np.ndarray], tuple[np.ndarray, ...]]) -> float:
+def evaluate_auroc(
+    runs: RunSet, predict: Callable[[np.ndarray], tuple[np.ndarray, ...]], pre_only: bool = False
+) -> float:
+    """AUROC over every full window, or (``pre_only``) over windows ending at or before t*."""
     from engines.train.early_warning_eval import run_traces
 
     tr = run_traces(runs, predict)
-    s = np.concatenate([r[WINDOW - 1 :] for r in tr.risk])
-    y = np.concatenate([runs.labels(i)[WINDOW - 1 :] for i in range(len(runs))])
-    return auroc(s, y)
+    s, y = [], []
+    for i, r in enumerate(tr.risk):
+        keep = np.arange(len(r)) >= WINDOW - 1
+        if pre_only and runs.t_star[i] >= 0:
+            keep &= np.arange(len(r)) <= runs.t_star[i]
+        s.append(r[keep])
+        y.append(runs.labels(i)[keep])
+    return auroc(np.concatenate(s), np.concatenate(y))
 
 
 def shift_risk(risk: np.ndarray, shift: float) -> np.ndarray:
