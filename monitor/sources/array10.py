@@ -27,6 +27,7 @@ from monitor.errors import FrameRejected, SourceError
 from monitor.frames import Frame, FrameMeta, Rejection, SeriesEvent
 from monitor.logutil import RateLimitedLog
 from monitor.sources.base import Emit
+from monitor.sources.zmqsock import open_receive_socket
 
 log = logging.getLogger("monitor.sources.array10")
 
@@ -334,23 +335,7 @@ class Array10Source:
         if self._socket is not None:
             return self.last_endpoint
         s = self.settings
-        sock = self._ctx.socket(zmq.SUB if s.socket == "sub" else zmq.PULL)
-        try:
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, s.rcvhwm)
-            if s.socket == "sub":
-                # PUB/SUB drops silently when we fall behind: loss shows up in upstream_gaps().
-                sock.setsockopt(zmq.SUBSCRIBE, s.topic.encode())
-            if s.mode == "bind":
-                sock.bind(s.endpoint)
-            else:
-                sock.connect(s.endpoint)
-            self.last_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT) or s.endpoint
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise SourceError(
-                f"source {self.name!r}: cannot {s.mode} {s.socket} socket to {s.endpoint!r}: {exc}"
-            ) from exc
+        sock, self.last_endpoint = open_receive_socket(self._ctx, s)
         self._socket = sock
         log.info("source %r: %s %s %s", self.name, s.socket.upper(), s.mode, self.last_endpoint)
         return self.last_endpoint

@@ -49,6 +49,7 @@ from monitor.sources.stream2_fields import (
     short,
     user_meta,
 )
+from monitor.sources.zmqsock import open_receive_socket
 
 log = logging.getLogger("monitor.sources.stream2")
 
@@ -363,22 +364,7 @@ class Stream2Source:
         if self._socket is not None:
             return self.last_endpoint
         s = self.settings
-        sock = self._ctx.socket(zmq.SUB if s.socket == "sub" else zmq.PULL)
-        try:
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, s.rcvhwm)
-            if s.socket == "sub":
-                sock.setsockopt(zmq.SUBSCRIBE, s.topic.encode())
-            if s.mode == "bind":
-                sock.bind(s.endpoint)
-            else:
-                sock.connect(s.endpoint)
-            self.last_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT) or s.endpoint
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise SourceError(
-                f"source {self.name!r}: cannot {s.mode} {s.socket} socket to {s.endpoint!r}: {exc}"
-            ) from exc
+        sock, self.last_endpoint = open_receive_socket(self._ctx, s)
         self._socket = sock
         log.info("source %r: Stream V2, %s %s %s", self.name, s.socket.upper(), s.mode, self.last_endpoint)
         return self.last_endpoint
