@@ -35,7 +35,7 @@ from monitor.config import (
     StoreSettings,
 )
 from monitor.sim.array10 import encode_array10, series_end, series_start, synthetic_frames
-from monitor.sim.ports import free_port
+from monitor.sim.ports import free_port, open_send_socket
 
 log = logging.getLogger("monitor.demo")
 
@@ -168,11 +168,7 @@ def malformed(i: int) -> list[bytes]:
 
 
 async def simulate(endpoint: str, stop: asyncio.Event) -> int:
-    ctx = zmq.asyncio.Context.instance()
-    sock = ctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 50)
-    sock.bind(endpoint)
+    sock = open_send_socket(endpoint)
     series = f"demo-{time.strftime('%Y%m%dT%H%M%S')}"
     sent = 0
     try:

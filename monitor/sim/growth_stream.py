@@ -25,7 +25,7 @@ from monitor.aio import sleep_unless
 from monitor.config import PipelineSettings, RuleSettings, SourceSettings
 from monitor.sim.array10 import encode_array10, series_end, series_start
 from monitor.sim.demo import DemoPart
-from monitor.sim.ports import free_port
+from monitor.sim.ports import free_port, open_send_socket
 
 log = logging.getLogger("monitor.sim.growth")
 
@@ -102,14 +102,7 @@ async def simulate_growth(
     mode: str = "bind",
 ) -> int:
     """PUSH growth runs to ``endpoint`` until ``stop`` (or ``runs`` runs); returns frames sent."""
-    ctx = zmq.asyncio.Context.instance()
-    sock = ctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 50)
-    if mode == "bind":
-        sock.bind(endpoint)
-    else:
-        sock.connect(endpoint)
+    sock = open_send_socket(endpoint, mode=mode)
     it = demo_runs(seed_base)
     if runs is not None:
         it = (r for _, r in zip(range(runs), it, strict=False))

@@ -22,7 +22,7 @@ from monitor.aio import sleep_unless
 from monitor.config import PipelineSettings, RuleSettings, SourceSettings
 from monitor.sim.array10 import encode_array10, series_end, series_start
 from monitor.sim.demo import DemoPart
-from monitor.sim.ports import free_port
+from monitor.sim.ports import free_port, open_send_socket
 
 log = logging.getLogger("monitor.sim.txm")
 
@@ -63,11 +63,7 @@ async def simulate_txm(
     scans_per_scene: int = 3,
 ) -> int:
     """Bind PUSH at ``endpoint``, stream scans until ``stop`` (or ``count`` frames); return frames sent."""
-    ctx = zmq.asyncio.Context.instance()
-    sock = ctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 20)
-    sock.bind(endpoint)
+    sock = open_send_socket(endpoint, sndhwm=20)
     gen = scan_frames(seed, scans_per_scene, energy_stride)
     sent = 0
     current: str | None = None

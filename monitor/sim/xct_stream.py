@@ -25,7 +25,7 @@ from monitor.aio import sleep_unless
 from monitor.config import PipelineSettings, RuleSettings, SourceSettings
 from monitor.sim.array10 import encode_array10, series_end, series_start
 from monitor.sim.demo import DemoPart
-from monitor.sim.ports import free_port
+from monitor.sim.ports import free_port, open_send_socket
 
 log = logging.getLogger("monitor.sim.xct")
 
@@ -91,14 +91,7 @@ async def simulate_xct(
     mode: str = "bind",
 ) -> int:
     """PUSH slices to ``endpoint`` until ``stop`` (or ``scans`` scans); returns slices sent."""
-    ctx = zmq.asyncio.Context.instance()
-    sock = ctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 2000)
-    sock.setsockopt(zmq.SNDHWM, 50)
-    if mode == "bind":
-        sock.bind(endpoint)
-    else:
-        sock.connect(endpoint)
+    sock = open_send_socket(endpoint, mode=mode, linger_ms=2000)
     gen = xct_slices(seed_base, shape, depth, scans)
     sent = 0
     try:
