@@ -15,7 +15,7 @@ from bokeh.models import ColorBar, ColumnDataSource, Div, LinearColorMapper, Ran
 from bokeh.palettes import Category10_10, Turbo256
 from bokeh.plotting import figure
 
-from dashboards.panels.frame import auto_contrast
+from dashboards.panels.frame import auto_contrast, image_data
 from dashboards.panels.style import SECTION_STYLE, TEXT_MUTED, heading, number
 from monitor.live import LiveFrame, LiveState
 
@@ -139,14 +139,13 @@ class AlignmentPanel:
         h, w = img.shape
         lo, hi = auto_contrast(img)
         self.mapper.update(low=lo, high=hi)
-        geo = {"x": [0.0], "y": [0.0], "dw": [float(w)], "dh": [float(h)]}
-        self.image.data = {"image": [img], **geo}
+        self.image.data = image_data(img)
         self.frame.x_range.update(start=0, end=w)
         self.frame.y_range.update(start=h, end=0)
         ov = dict(frame.overlays)
         labels = ov.get("labels")
         if labels is not None and labels.shape == img.shape:
-            self.contours.data = {"image": [contour_rgba(labels)], **geo}
+            self.contours.data = image_data(contour_rgba(labels))
         tracks = ov.get("tracks")
         if tracks is not None:
             xs, ys, colors = [], [], []

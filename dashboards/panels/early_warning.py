@@ -14,7 +14,7 @@ from bokeh.layouts import column, row
 from bokeh.models import BoxAnnotation, ColumnDataSource, Div, LinearColorMapper, Range1d, Span, UIElement
 from bokeh.plotting import figure
 
-from dashboards.panels.frame import auto_contrast
+from dashboards.panels.frame import auto_contrast, image_data
 from dashboards.panels.style import SECTION_STYLE, SEVERITY_COLORS, TEXT_MUTED, heading, number
 from monitor.alerts.model import Severity
 from monitor.live import LivePoint, LiveState
@@ -102,13 +102,7 @@ class EarlyWarningPanel:
                 lo, hi = auto_contrast(img)
                 self.mapper.update(low=lo, high=hi)
                 ny, nx = img.shape
-                self.image.data = {
-                    "image": [img],
-                    "x": [0.0],
-                    "y": [0.0],
-                    "dw": [float(nx)],
-                    "dh": [float(ny)],
-                }
+                self.image.data = image_data(img)
                 self.frame.x_range.update(start=0, end=nx)
                 self.frame.y_range.update(start=ny, end=0)
                 self.frame.title.text = f"{frame.series} · frame {frame.index}"

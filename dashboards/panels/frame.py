@@ -22,6 +22,12 @@ CONTRAST_PERCENTILES = (1.0, 99.0)
 _WAITING = "waiting for frames…"
 
 
+def image_data(image: np.ndarray) -> dict[str, list[object]]:
+    """ColumnDataSource data for one image placed at the origin, one display pixel per unit."""
+    ny, nx = image.shape
+    return {"image": [image], "x": [0.0], "y": [0.0], "dw": [float(nx)], "dh": [float(ny)]}
+
+
 def auto_contrast(image: np.ndarray) -> tuple[float, float]:
     """Colour limits at the 1st and 99th percentile of the finite pixels (never equal)."""
     finite = image[np.isfinite(image)]
@@ -117,7 +123,7 @@ class FramePanel:
         lo, hi = auto_contrast(image)
         self.mapper.update(low=lo, high=hi)
         # One assignment: the numpy array goes to the browser as a binary buffer.
-        self.source.data = {"image": [image], "x": [0.0], "y": [0.0], "dw": [float(nx)], "dh": [float(ny)]}
+        self.source.data = image_data(image)
         if self._shape != (ny, nx):
             self._shape = (ny, nx)
             self.plot.x_range.update(start=0, end=nx)

@@ -16,7 +16,7 @@ from bokeh.layouts import column, row
 from bokeh.models import BoxAnnotation, ColumnDataSource, Div, LinearColorMapper, Range1d, Span, UIElement
 from bokeh.plotting import figure
 
-from dashboards.panels.frame import auto_contrast
+from dashboards.panels.frame import auto_contrast, image_data
 from dashboards.panels.style import SECTION_STYLE, SEVERITY_COLORS, TEXT_MUTED, heading, number
 from monitor.alerts.model import Severity
 from monitor.live import LivePoint, LiveState
@@ -37,11 +37,6 @@ def rgba_overlay(mask: np.ndarray) -> np.ndarray:
     m = np.clip(np.asarray(mask, dtype=np.intp), 0, len(CLASS_RGBA) - 1)
     rgba = np.ascontiguousarray(CLASS_RGBA[m])
     return rgba.view(np.uint32).reshape(m.shape)
-
-
-def _img(a: np.ndarray) -> dict[str, list[object]]:
-    ny, nx = a.shape
-    return {"image": [a], "x": [0.0], "y": [0.0], "dw": [float(nx)], "dh": [float(ny)]}
 
 
 def _empty() -> dict[str, list[object]]:
@@ -158,12 +153,11 @@ class SegmentationPanel:
                 lo, hi = auto_contrast(img)
                 self.mapper.update(low=lo, high=hi)
                 ny, nx = img.shape
-                self.image.data = _img(img)
+                self.image.data = image_data(img)
                 overlays = dict(frame.overlays)
                 mask = overlays.get("mask")
-                self.overlay.data = (
-                    _img(rgba_overlay(mask)) if mask is not None and mask.shape == img.shape else _empty()
-                )
+                fits = mask is not None and mask.shape == img.shape
+                self.overlay.data = image_data(rgba_overlay(mask)) if fits else _empty()
                 mip = overlays.get("mip")
                 if mip is not None and mip.ndim == 2:
                     self.mip_mapper.update(low=0.0, high=max(1.0, float(mip.max())))
