@@ -46,7 +46,7 @@ async def _serve(cfg: MonitorConfig, config_text: str, store_path: Path | None =
     daemon.install_signal_handlers()
     await daemon.serve()
     print(f"results: {daemon.store_path}", file=sys.stderr)
-    return 0
+    return daemon.exit_code  # non-zero when a component failed during the run (see monitor.supervise)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -56,7 +56,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from monitor.preflight import preflight
+
     cfg = load_config(args.config)
+    setup_logging(args.log_level or "WARNING")
+    preflight(cfg)  # exactly what `run` validates before it opens sockets
     print(f"{args.config}: OK")
     print(f"  sources:   {', '.join(f'{s.name} ({s.kind})' for s in cfg.sources) or '(none)'}")
     pipes = ", ".join(f"{p.name} ({p.kind}) <- {list(p.streams)}" for p in cfg.pipelines)
@@ -67,6 +71,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"  store:     {cfg.store.directory}/{cfg.store.filename}")
     dash = cfg.dashboard
     print(f"  dashboard: {f'http://{dash.host}:{dash.port}/' if dash.enabled else 'disabled'}")
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from monitor.store.recovery import recover_file
+
+    setup_logging(args.log_level or "WARNING")
+    for path in args.files:
+        print(recover_file(Path(path)))
     return 0
 
 
@@ -219,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", required=True)
     c.set_defaults(fn=cmd_check)
 
+    rc = sub.add_parser("recover", help="make a run file left by a crash (kill -9) open with plain h5py")
+    rc.add_argument("files", nargs="+")
+    rc.set_defaults(fn=cmd_recover)
+
     s = sub.add_parser("simulate", help="stream synthetic detector frames")
     s.add_argument("--protocol", default="array10", choices=["array10", "stream2", "bluesky"])
     s.add_argument("--endpoint", required=True, help="e.g. tcp://127.0.0.1:5555")
@@ -328,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: one line for the user, the traceback only at DEBUG
+        log.debug("unexpected error", exc_info=exc)
+        print(f"operando-monitor: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

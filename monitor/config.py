@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import string
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Literal, TypeVar
 
 from monitor.errors import ConfigError
@@ -105,6 +107,10 @@ class StoreSettings:
     flush_interval_s: float = 0.5
     compression: Literal["bslz4", "gzip", "none"] = "bslz4"
     chunk_rows: int = 256
+    max_pending_mb: float = 256.0
+    """Result arrays (masks, ROIs) held between flushes above this flush early (bounds memory)."""
+    allow_outside_store: bool = False
+    """Allow ``run``/``filename`` to place the run file outside ``directory`` (``..``, absolute)."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +273,65 @@ def _positive(value: float, key: str, allow_zero: bool = False) -> None:
         raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
+_ENDPOINT = re.compile(
+    r"^tcp://(?:[^:;/]+;)?(?P<host>\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\*|\d+)$"
+)
+
+
+def check_endpoint(value: str, key: str, *, bind: bool) -> None:
+    """ZeroMQ endpoint syntax: ``tcp://host:port`` (port 0-65535, ``*`` only to bind),
+    ``ipc://path`` or ``inproc://name``."""
+    if value.startswith(("ipc://", "inproc://")) and value.partition("://")[2]:
+        return
+    m = _ENDPOINT.match(value)
+    if m is None:
+        raise ConfigError(
+            key, f"{value!r} is not a ZeroMQ endpoint (tcp://host:port, ipc://path, inproc://name)"
+        )
+    port = m["port"]
+    if port == "*" or m["host"] == "*":
+        if not bind:
+            raise ConfigError(key, f"{value!r}: '*' is only valid for an endpoint that binds")
+        if port == "*":
+            return
+    if not 0 <= int(port) <= 65535:
+        raise ConfigError(key, f"{value!r}: port must be 0..65535")
+    if int(port) == 0 and not bind:
+        raise ConfigError(key, f"{value!r}: port 0 is only valid for an endpoint that binds")
+
+
+def check_filename(cfg: MonitorConfig) -> str:
+    """The run file name the template gives, confined to the store directory unless allowed."""
+    template = cfg.store.filename
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ConfigError("store.filename", f"bad template {template!r}: {exc}") from None
+    for f in fields:
+        if f not in ("run", "time"):
+            raise ConfigError(
+                "store.filename", f"unknown field {{{f}}} in {template!r} (known: {{run}}, {{time}})"
+            )
+    try:
+        name = template.format(run=cfg.run, time="20000101T000000Z")
+    except (ValueError, IndexError, KeyError, AttributeError) as exc:
+        raise ConfigError("store.filename", f"bad template {template!r}: {exc}") from None
+    if not name.strip() or name.endswith(("/", os.sep)):
+        raise ConfigError("store.filename", f"template {template!r} gives no file name")
+    if not cfg.store.allow_outside_store:
+        if any(sep in cfg.run for sep in ("/", "\\")) or cfg.run in ("..", "."):
+            raise ConfigError(
+                "run", f"run name {cfg.run!r} may not contain a path (allow_outside_store = false)"
+            )
+        path = PurePath(name)
+        if path.is_absolute() or ".." in path.parts:
+            raise ConfigError(
+                "store.filename",
+                f"{template!r} gives {name!r}, outside store.directory (see store.allow_outside_store)",
+            )
+    return name
+
+
 def validate(cfg: MonitorConfig) -> MonitorConfig:
     """Cross-field checks that types alone cannot express."""
     _positive(cfg.daemon.shutdown_timeout_s, "daemon.shutdown_timeout_s")
@@ -289,6 +354,8 @@ def validate(cfg: MonitorConfig) -> MonitorConfig:
             raise ConfigError(f"{key}.endpoint", "required for kind 'bluesky' (the proxy's out-port)")
         if " " in src.prefix:
             raise ConfigError(f"{key}.prefix", "a bluesky prefix may not contain a space")
+        if src.kind != "replay":
+            check_endpoint(src.endpoint, f"{key}.endpoint", bind=src.mode == "bind")
         _positive(src.hdf5_timeout_s, f"{key}.hdf5_timeout_s")
         _positive(src.max_frame_bytes, f"{key}.max_frame_bytes")
         _positive(src.rate_hz, f"{key}.rate_hz", allow_zero=True)
@@ -323,12 +390,30 @@ def validate(cfg: MonitorConfig) -> MonitorConfig:
         _positive(cfg.alerts.epics.heartbeat_s, "alerts.epics.heartbeat_s")
         if not cfg.alerts.epics.prefix:
             raise ConfigError("alerts.epics.prefix", "must not be empty")
+    if cfg.alerts.zmq_pub:
+        check_endpoint(cfg.alerts.zmq_pub, "alerts.zmq_pub", bind=True)
+    check_filename(cfg)
+    _positive(cfg.store.max_pending_mb, "store.max_pending_mb")
     _positive(cfg.store.flush_interval_s, "store.flush_interval_s")
     _positive(cfg.store.chunk_rows, "store.chunk_rows")
     _positive(cfg.dashboard.update_ms, "dashboard.update_ms")
     if not 0 <= cfg.dashboard.port < 65536:
         raise ConfigError("dashboard.port", f"must be 0..65535, got {cfg.dashboard.port}")
     return cfg
+
+
+_SECRET = re.compile(
+    r"""(?P<key>\b[A-Za-z0-9_-]*(?:token|password|passwd|secret|api_key)[A-Za-z0-9_-]*["']?\s*=\s*)"""
+    r"""(?P<value>"{3}.*?"{3}|'{3}.*?'{3}|"(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^\s,}#]+)""",
+    re.IGNORECASE | re.DOTALL,
+)
+REDACTED = '"<redacted>"'
+
+
+def redact_secrets(toml_text: str) -> str:
+    """The config text with the value of every ``*token*``/``*password*``/``*secret*`` key
+    replaced, for the run file and logs (``operator_token`` must not be readable there)."""
+    return _SECRET.sub(lambda m: m["key"] + REDACTED, toml_text)
 
 
 def config_from_dict(data: dict[str, object]) -> MonitorConfig:

@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from asyncio import FIRST_COMPLETED
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,18 +34,20 @@ from monitor.alerts.manager import AlarmManager
 from monitor.alerts.model import FrameRef
 from monitor.alerts.rules import SilenceRule, ThresholdRule, Verdict
 from monitor.alerts.sinks import CallbackSink, JournalSink, LiveSink, ZmqPubSink
-from monitor.config import MonitorConfig, SourceSettings
+from monitor.config import MonitorConfig, SourceSettings, redact_secrets
 from monitor.display import Display
+from monitor.errors import ConfigError, MonitorError
 from monitor.frames import Disposition
 from monitor.live import AckResult, LiveState
 from monitor.pipelines.base import Pipeline, Result
-from monitor.pipelines.registry import build_pipeline
+from monitor.preflight import build_pipelines
 from monitor.recorder import Recorder
 from monitor.router import PipelineWorker, Router
 from monitor.sources.array10 import Array10Source
 from monitor.sources.base import Source
 from monitor.sources.replay import ReplaySource
 from monitor.store import RunStore
+from monitor.supervise import Supervisor
 from monitor.telemetry import Telemetry
 
 log = logging.getLogger("monitor.daemon")
@@ -143,7 +145,11 @@ class Daemon:
         self._threshold_rules = [ThresholdRule(r) for r in cfg.alerts.rules if r.kind == "threshold"]
         self._silence_rules = [SilenceRule(r) for r in cfg.alerts.rules if r.kind == "silence"]
         self.sources: list[Source] = []
-        self.recorder = Recorder(self._open_store, cfg.store.flush_interval_s)
+        self.recorder = Recorder(
+            self._open_store, cfg.store.flush_interval_s, int(cfg.store.max_pending_mb * 1024 * 1024)
+        )
+        self.supervisor = Supervisor(self._raise_daemon_alarm)
+        self._recorder_restarts = 0
         journal_path = Path(cfg.alerts.journal)
         if not journal_path.is_absolute():
             journal_path = Path(cfg.store.directory) / journal_path
@@ -151,9 +157,10 @@ class Daemon:
         self.alarms: AlarmManager | None = None
         self.epics: Any = None
         """The EPICS alarm-PV sink (``monitor.alerts.epics.EpicsAlarmSink``) when enabled."""
+        pipelines = build_pipelines(cfg)  # the same checks as `check` (models, options, rule metrics)
         self.workers = [
             PipelineWorker(
-                build_pipeline(s),
+                pipeline,
                 s,
                 self._executor,
                 self.telemetry,
@@ -163,8 +170,10 @@ class Daemon:
                 live_interval_s=cfg.dashboard.update_ms / 1000.0 if self._wants_display else None,
                 on_points=self.live.publish_points,
             )
-            for s in cfg.pipelines
+            for pipeline, s in zip(pipelines, cfg.pipelines, strict=True)
         ]
+        for w in self.workers:
+            w.on_fault = self.supervisor.fault
         self.router = Router(self.workers, self.telemetry, self._on_disposition)
         self._source_tasks: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -174,13 +183,22 @@ class Daemon:
     def pipelines(self) -> list[Pipeline]:
         return [w.pipeline for w in self.workers]
 
+    @property
+    def exit_code(self) -> int:
+        """0 after a clean run; :data:`monitor.supervise.EXIT_FAULT` when a component failed."""
+        return self.supervisor.exit_code
+
+    def _raise_daemon_alarm(self, verdict: Verdict) -> None:
+        if self.alarms is not None:
+            self.alarms.apply(verdict)
+
     # ---- wiring -------------------------------------------------------------------------
     def _open_store(self) -> RunStore:
         return RunStore(
             self.store_path,
             self.cfg.store,
             {p.name: p.schema() for p in self.pipelines},
-            self.config_text,
+            redact_secrets(self.config_text),
             versions(),
             [s.name for s in self.cfg.sources],
         )
@@ -249,32 +267,74 @@ class Daemon:
             await sleep_unless(self._stop_background, period)
 
     # ---- lifecycle ----------------------------------------------------------------------
+    def _open_listeners(self) -> list[Any]:
+        """Open every socket and directory before anything runs, so that a busy port or an
+        unwritable directory is a start-up error naming its key (exit 2), not a dying task."""
+        try:
+            self.store_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                "store.directory", f"cannot create {self.store_path.parent}: {exc.strerror}"
+            ) from None
+        self.sources = []
+        for i, settings in enumerate(self.cfg.sources):
+            source = build_source(settings, self._zctx)
+            self.sources.append(source)
+            opener = getattr(source, "open", None)
+            if callable(opener):
+                try:
+                    opener()
+                except MonitorError as exc:
+                    self._close_sources()
+                    raise ConfigError(f"sources[{i}].endpoint", str(exc)) from None
+        sinks: list[Any] = []
+        if self.cfg.alerts.zmq_pub:
+            try:
+                sinks.append(ZmqPubSink(self.cfg.alerts.zmq_pub))
+            except zmq.ZMQError as exc:
+                self._close_sources()
+                raise ConfigError(
+                    "alerts.zmq_pub", f"cannot bind {self.cfg.alerts.zmq_pub!r}: {exc}"
+                ) from None
+        return sinks
+
+    def _close_sources(self) -> None:
+        for source in self.sources:
+            closer = getattr(source, "close", None)
+            if callable(closer):
+                closer()
+
     async def start(self) -> None:
-        self.store_path.parent.mkdir(parents=True, exist_ok=True)
+        sinks = self._open_listeners()
         journal = JournalSink(self.journal_path)
-        sinks = [LiveSink(self.live), CallbackSink("store", self.recorder.add_alarm)]
+        sinks[:0] = [LiveSink(self.live), CallbackSink("store", self.recorder.add_alarm)]
         if self.cfg.alerts.epics.enabled:
             from monitor.alerts.epics import EpicsAlarmSink  # caproto only when enabled
 
             self.epics = EpicsAlarmSink(self.cfg.alerts.epics)
             await self.epics.start()
             sinks.append(self.epics)
-        if self.cfg.alerts.zmq_pub:
-            sinks.append(ZmqPubSink(self.cfg.alerts.zmq_pub))
         latch = frozenset(r.name for r in self.cfg.alerts.rules if r.latch)
         self.alarms = AlarmManager(journal, sinks, latch)
         await self.recorder.open()
         log.info("recording to %s (journal %s)", self.store_path, self.journal_path)
-        self.sources = [build_source(s, self._zctx) for s in self.cfg.sources]
-        self._worker_tasks = [asyncio.create_task(w.run(), name=f"pipeline:{w.name}") for w in self.workers]
+        sup = self.supervisor
+        self._worker_tasks = [
+            sup.watch(asyncio.create_task(w.run(), name=f"pipeline:{w.name}"), f"pipeline:{w.name}",
+                      self._worker_died(w))
+            for w in self.workers
+        ]  # fmt: skip
         self._tasks = [
-            asyncio.create_task(self.recorder.run(self._stop_background), name="recorder"),
-            asyncio.create_task(self._telemetry_loop(), name="telemetry"),
-            asyncio.create_task(self._silence_loop(), name="silence"),
+            self._start_recorder(),
+            sup.watch(asyncio.create_task(self._telemetry_loop(), name="telemetry"), "telemetry"),
+            sup.watch(asyncio.create_task(self._silence_loop(), name="silence"), "silence"),
         ]
         # Sources route in their own task: no hop through an extra queue per message.
         self._source_tasks = [
-            asyncio.create_task(s.run(self.router.route, self._stop_ingest), name=f"source:{s.name}")
+            sup.watch(
+                asyncio.create_task(s.run(self.router.route, self._stop_ingest), name=f"source:{s.name}"),
+                f"source:{s.name}",
+            )
             for s in self.sources
         ]
         if self._display_cls is not None and self._wants_display:
@@ -282,6 +342,28 @@ class Daemon:
             self.dashboard_url = await self._display.start()
             log.info("dashboard at %s", self.dashboard_url)
         self.started.set()
+
+    def _worker_died(self, worker: PipelineWorker) -> Callable[[BaseException], None]:
+        def on_death(exc: BaseException) -> None:
+            # Its frames (queued now or routed later) are stored as failed, never as overload.
+            reason = f"worker_dead: {type(exc).__name__}: {exc}"
+            self._worker_tasks.append(
+                asyncio.create_task(worker.run_dead(reason), name=f"dead:{worker.name}")
+            )
+
+        return on_death
+
+    def _start_recorder(self) -> asyncio.Task[None]:
+        task = asyncio.create_task(self.recorder.run(self._stop_background), name="recorder")
+        return self.supervisor.watch(task, "recorder", self._recorder_died)
+
+    def _recorder_died(self, exc: BaseException) -> None:
+        # Recording never stops while the daemon runs: restart the flush loop (a few times).
+        if self._stop_background.is_set() or self._recorder_restarts >= 5:
+            return
+        self._recorder_restarts += 1
+        log.warning("restarting the recorder (restart %d)", self._recorder_restarts)
+        self._tasks.append(self._start_recorder())
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -304,10 +386,7 @@ class Daemon:
         try:
             while not self.should_exit:
                 if self._source_tasks and all(t.done() for t in self._source_tasks):
-                    for t in self._source_tasks:
-                        if t.exception() is not None:
-                            log.error("source task %s failed: %r", t.get_name(), t.exception())
-                    log.info("all sources finished")
+                    log.info("all sources finished")  # a failed one was reported by the supervisor
                     break
                 await asyncio.sleep(0.05)
         finally:
@@ -363,6 +442,12 @@ class Daemon:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._zctx.destroy(linger=0)
         snap = self.telemetry.snapshot()
+        if self.supervisor.faults:
+            log.error("components failed during this run: %s (exit code %d)", self.supervisor.summary(),
+                      self.exit_code)  # fmt: skip
+        if self.recorder.results_refused or self.recorder.dispositions_refused:
+            log.error("the store refused %d result(s) and %d frames row(s)", self.recorder.results_refused,
+                      self.recorder.dispositions_refused)  # fmt: skip
         log.info(
             "shutdown complete: %d received, %d processed, %d skipped %s, %d rejected %s, %d failed, "
             "%d upstream gaps; results in %s",

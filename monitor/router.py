@@ -63,6 +63,10 @@ class PipelineWorker:
         self._last_live: dict[str, float] = {}
         self.queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize=settings.queue_size)
         self._failures = RateLimitedLog(log, what="failures")
+        self.on_fault: Callable[[str, BaseException], None] | None = None
+        """Called (on the loop) when a batch fails outside the pipeline's own error handling."""
+        self.dead = ""
+        """Why this worker's task ended (set by the supervisor): its frames are stored as failed."""
 
     @property
     def name(self) -> str:
@@ -73,6 +77,9 @@ class PipelineWorker:
         self._on_disposition(Disposition.for_frame(frame, self.name, Status.SKIPPED, reason))
 
     async def submit(self, frame: Frame) -> None:
+        if self.dead:  # never block the sources on a worker that is gone
+            self._fail([frame], self.dead, time.time())
+            return
         if self.settings.policy == "block":
             await self.queue.put(frame)
             return
@@ -147,7 +154,11 @@ class PipelineWorker:
                     self.queue, self.settings.max_batch, self.settings.max_wait_ms / 1000.0, into=batch
                 )
                 t_start = time.time()
-                outcome = await loop.run_in_executor(self._executor, self._compute, batch)
+                try:
+                    outcome = await loop.run_in_executor(self._executor, self._compute, batch)
+                except Exception as exc:  # noqa: BLE001 - outside process()'s errors: a fault
+                    self._fault(batch, exc)
+                    continue
                 try:
                     self._finish(batch, outcome, t_start)
                 except Exception as exc:  # a bug after compute must not stop the worker
@@ -158,9 +169,35 @@ class PipelineWorker:
                 for f in batch:
                     self.skip(f, "shutdown")
                 raise
+            except Exception as exc:
+                # The worker itself is dying (a bug outside the batch): its frames still get rows;
+                # the supervisor then stores every later frame as failed (``run_dead``).
+                self._fail(batch, f"worker_dead: {type(exc).__name__}: {exc}", time.time())
+                raise
             finally:
                 for _ in batch:
                     self.queue.task_done()
+
+    def _fault(self, batch: Sequence[Frame], exc: Exception) -> None:
+        """A batch failed outside the pipeline's own error handling (an engine error, a bug in
+        ``display_overlays``): its frames are stored as failed and the supervisor is told (alarm,
+        traceback once, non-zero exit). The worker carries on with the next batch."""
+        self._fail(batch, f"{type(exc).__name__}: {exc}", time.time())
+        if self.on_fault is not None:
+            self.on_fault(f"pipeline:{self.name}", exc)
+        else:
+            log.error("pipeline %s: batch failed", self.name, exc_info=exc)
+
+    async def run_dead(self, reason: str) -> None:
+        """Stand in for a worker whose task died: every frame queued or routed to it is stored as
+        failed with ``reason`` (so ``policy = "block"`` cannot stall the sources)."""
+        self.dead = reason
+        while True:
+            frame = await self.queue.get()
+            try:
+                self._fail([frame], reason, time.time())
+            finally:
+                self.queue.task_done()
 
     def _finish(self, batch: Sequence[Frame], outcome: BatchOutcome, t_start: float) -> None:
         t_done = time.time()

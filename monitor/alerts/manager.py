@@ -70,6 +70,9 @@ class AlarmManager:
             except OSError as exc:  # a sink's I/O failure must not stop the others
                 self.sink_errors += 1
                 log.error("alarm sink %s failed for %s: %s", sink.name, alarm.id, exc)
+            except Exception as exc:  # a sink's bug must not stop the others (nor the caller)
+                self.sink_errors += 1
+                log.error("alarm sink %s raised for %s", sink.name, alarm.id, exc_info=exc)
         level = logging.WARNING if alarm.severity >= Severity.MINOR else logging.INFO
         log.log(level, "alarm %s %s %s: %s", alarm.id, transition, alarm.severity.name, alarm.message)
         return event

@@ -26,7 +26,7 @@ from monitor.config import SourceSettings
 from monitor.errors import FrameRejected, SourceError
 from monitor.frames import Frame, FrameMeta, Rejection, SeriesEvent
 from monitor.logutil import RateLimitedLog
-from monitor.sources.base import Emit
+from monitor.sources.base import Emit, as_rejection
 from monitor.sources.zmqsock import open_receive_socket
 
 log = logging.getLogger("monitor.sources.array10")
@@ -388,7 +388,8 @@ class Array10Source:
                 max_frame_bytes=self.settings.max_frame_bytes,
                 t_received=t_received,
             )
-        except FrameRejected as exc:
+        except Exception as raw:  # noqa: BLE001 - every message gets a disposition (internal_error)
+            exc = as_rejection(raw, self.name, log)
             index = -1
             if isinstance(exc, Array10Rejected):
                 index = exc.index

@@ -35,7 +35,7 @@ from monitor.errors import FrameRejected, SourceError
 from monitor.frames import Frame, FrameMeta, Rejection, SeriesEvent
 from monitor.logutil import RateLimitedLog
 from monitor.sources.array10 import GapCounter
-from monitor.sources.base import Emit
+from monitor.sources.base import Emit, as_rejection
 from monitor.sources.bluesky_docs import (
     DatumDoc,
     DatumPageDoc,
@@ -370,8 +370,8 @@ class BlueskySource:
             if self.settings.prefix and prefix != self.settings.prefix.encode():
                 raise FrameRejected("wrong_prefix", f"prefix {prefix[:40]!r}")
             await self._dispatch(doc, emit, t_received)
-        except FrameRejected as exc:
-            await self._reject(exc, emit, t_received)
+        except Exception as raw:  # noqa: BLE001 - every message gets a disposition (internal_error)
+            await self._reject(as_rejection(raw, self.name, log), emit, t_received)
 
     async def _dispatch(self, doc: Document, emit: Emit, t_received: float) -> None:
         tr = self.tracker

@@ -290,6 +290,8 @@ def _int(value: object, name: str, key: str) -> int:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise _bad(name, key, "an integer", value)
+    if not -(2**63) <= value < 2**63:
+        raise _bad(name, key, "a 64-bit integer", value)
     return value
 
 
@@ -297,7 +299,10 @@ def _float(doc: Mapping[str, object], name: str, key: str, default: float) -> fl
     value = doc.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
         raise _bad(name, key, "a number", value)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond the float range (10**400)
+        raise _bad(name, key, "a finite number", value) from None
 
 
 def _map(doc: Mapping[str, object], name: str, key: str, required: bool = True) -> Mapping[str, object]:

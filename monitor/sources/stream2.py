@@ -36,7 +36,7 @@ from monitor.frames import Frame, FrameMeta, Rejection, SeriesEvent
 from monitor.logutil import RateLimitedLog
 from monitor.sources import cbor_arrays
 from monitor.sources.array10 import GapCounter
-from monitor.sources.base import Emit
+from monitor.sources.base import Emit, as_rejection
 from monitor.sources.stream2_fields import (
     channels_field,
     clean_pixels,
@@ -445,8 +445,8 @@ class Stream2Source:
             return
         try:
             event = await self._decode(parts[0].buffer, t_received)
-        except FrameRejected as exc:
-            await self._reject(exc, t_received, emit)
+        except Exception as raw:  # noqa: BLE001 - every message gets a disposition (internal_error)
+            await self._reject(as_rejection(raw, self.name, log), t_received, emit)
             return
         if isinstance(event, Frame):
             self.frames += 1
@@ -474,7 +474,11 @@ class Stream2Source:
             self._gaps.reset(event.series)
             await emit(event)
         else:
+            # A message type we do not use still gets its row (rejected, reason unknown_type).
             self.ignored[event.type] += 1
             self._notices.warn(
                 f"ignored:{event.type}", f"source {self.name!r}: ignoring message type {event.type!r}"
             )
+            detail = f"message type {event.type!r} is not start, image or end"
+            self.rejected["unknown_type"] += 1
+            await emit(Rejection(self.name, "unknown_type", detail, t_received=t_received))

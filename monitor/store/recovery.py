@@ -11,6 +11,7 @@ version 2/3 superblocks hold the flags in byte 11 and end with a Jenkins lookup3
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -127,3 +128,30 @@ def cleared_copy(path: Path) -> Path:
         os.unlink(tmp)
         raise
     return Path(tmp)
+
+
+def recover_file(path: Path) -> str:
+    """``operando-monitor recover FILE``: clear the flags of a run file whose writer died (kill -9,
+    power loss) so that plain ``h5py.File(path, "r")`` opens it, and say what it holds. Rows past
+    the last commit (``/entry/committed``) are fill values a reader must ignore; they are reported.
+    Run it only when no daemon is writing the file."""
+    import h5py  # the store's dependency; kept local so the superblock code stays import-light
+
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such file")
+    flags = status_flags(path)
+    changed = clear_status_flags(path)
+    try:
+        with h5py.File(path, "r") as f:
+            committed = f["entry/committed"]
+            tables = json.loads(committed.attrs["tables"])
+            counts = dict(zip(tables, (int(n) for n in committed[()]), strict=True))
+            frames = f["entry/frames"].shape[0]
+    except (OSError, KeyError, ValueError) as exc:
+        raise StoreError(f"{path}: flags cleared but the file does not open as a run file: {exc}") from exc
+    kept = ", ".join(f"{k} {n}" for k, n in counts.items())
+    state = f"status flags 0x{flags:02x} cleared" if changed else "was closed cleanly (nothing to clear)"
+    beyond = frames - counts.get("frames", frames)
+    extra = f"; {beyond} uncommitted frames row(s) after the last flush are ignored" if beyond > 0 else ""
+    return f"{path}: {state}; committed rows: {kept}{extra}"

@@ -12,6 +12,7 @@ from pathlib import Path
 import zmq
 
 from monitor.alerts.sinks import read_journal
+from monitor.config import redact_secrets
 from monitor.errors import StoreError
 from monitor.store import RunReader
 from tests.helpers import MALFORMED, daemon_config, free_port, good_frame, start_daemon, wait_for
@@ -87,7 +88,9 @@ def test_malformed_messages_are_rejected_counted_and_the_daemon_keeps_going(tmp_
         counts = r.status_counts()
         assert counts["REJECTED"] == len(MALFORMED)
         # The config and versions travel with the results; telemetry ends with the final counts.
-        assert r.attrs.config_toml == cfg.read_text()
+        # ... with the operator token redacted (issue 12: no secrets in run files).
+        assert r.attrs.config_toml == redact_secrets(cfg.read_text())
+        assert "letmein" not in r.attrs.config_toml and "<redacted>" in r.attrs.config_toml
         assert r.attrs.versions["operando-monitor"] and r.attrs.versions["hdf5"]
         last = r.telemetry()[-1]
         assert (last.received, last.rejected, last.processed) == (sent, len(MALFORMED), sent - len(MALFORMED))

@@ -129,7 +129,8 @@ def build_messages() -> tuple[list[list[bytes]], list[tuple[str, object]]]:
     for k, (reason, parts) in enumerate(MALFORMED):
         messages += [[good(k, ("bslz4", "lz4", "none")[k % 3])], parts]
         expected += [("frame", k), ("rejected", reason)]
-    messages.append([cbor2.dumps({"type": "calibration", "series_id": 4})])  # ignored, counted
+    messages.append([cbor2.dumps({"type": "calibration", "series_id": 4})])  # unused type: still a row
+    expected.append(("rejected", "unknown_type"))
     last = len(MALFORMED)
     for k in (last, last + 2):  # image last + 1 never arrives
         messages.append([good(k)])
@@ -183,11 +184,9 @@ async def test_every_message_is_accounted_for(ctx: zmq.asyncio.Context, running:
         else:
             assert isinstance(event, SeriesEvent) and (event.kind, event.series) == (kind, value)
     assert source.received == len(messages)
-    assert source.frames + sum(source.rejected.values()) + source.series_events + sum(
-        source.ignored.values()
-    ) == len(messages)
+    assert source.frames + sum(source.rejected.values()) + source.series_events == len(messages)
     assert dict(source.ignored) == {"calibration": 1}
-    assert sum(source.rejected.values()) == len(MALFORMED)
+    assert sum(source.rejected.values()) == len(MALFORMED) + 1  # + the unknown type
     assert source.upstream_gaps() == 1
 
 
