@@ -21,15 +21,18 @@ from bokeh.server.contexts import ApplicationContext
 from bokeh.server.server import BaseServer
 from bokeh.server.session import ServerSession
 from bokeh.server.tornado import BokehTornado
-from bokeh.server.util import bind_sockets, create_hosts_allowlist
+from bokeh.server.util import bind_sockets, create_hosts_allowlist, match_host
 from bokeh.server.views.ws import WSHandler
 from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPServerRequest
 from tornado.ioloop import IOLoop
+from tornado.web import ErrorHandler
 
 from dashboards.app import make_document
 from monitor.config import DashboardSettings
 from monitor.errors import MonitorError
 from monitor.live import LiveState
+from monitor.logutil import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,19 @@ class _TrackingBokehTornado(BokehTornado):
     def __init__(self, applications: dict[str, Application], **kwargs: Any) -> None:
         super().__init__(applications, **kwargs)
         self.websockets: dict[ServerConnection, WSHandler] = {}
+        self.allowed_hosts: list[str] = []
+        """``host:port`` patterns a request's ``Host`` header must match (DNS-rebinding guard)."""
+        self.refused_hosts = 0
+        self._refusals = RateLimitedLog(log, interval_s=10.0, what="requests")
+
+    def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> Any:
+        if self.allowed_hosts and not any(match_host(request.host, p) for p in self.allowed_hosts):
+            self.refused_hosts += 1
+            self._refusals.warn(
+                "host", f"dashboard: refused Host {request.host[:80]!r} from {request.remote_ip}"
+            )
+            return self.get_handler_delegate(request, ErrorHandler, {"status_code": 403})
+        return super().find_handler(request, **kwargs)
 
     def new_connection(
         self,
@@ -113,6 +129,7 @@ class BokehDisplay:
                 extra_websocket_origins=self.websocket_origins(port),
                 absolute_url=url,
             )
+            tornado_app.allowed_hosts = self.websocket_origins(port)
             http = HTTPServer(tornado_app, xheaders=False)
             http.add_sockets(sockets)
         except BaseException:

@@ -148,7 +148,8 @@ class EpicsSettings:
     trip_on_invalid: bool = False
     """Also trip while an INVALID alarm (a silent source) is active."""
     interfaces: tuple[str, ...] = ()
-    """Addresses the server listens on; empty: EPICS_CAS_INTF_ADDR_LIST, else all interfaces."""
+    """Addresses the server listens on; empty: EPICS_CAS_INTF_ADDR_LIST, else 127.0.0.1 only
+    (``["0.0.0.0"]`` serves every interface)."""
 
 
 @dataclass(frozen=True)

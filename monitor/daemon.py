@@ -30,6 +30,7 @@ import zmq.asyncio
 
 import monitor
 from monitor.aio import sleep_unless
+from monitor.alerts.ackguard import TokenGuard
 from monitor.alerts.manager import AlarmManager
 from monitor.alerts.model import FrameRef
 from monitor.alerts.rules import SilenceRule, ThresholdRule, Verdict
@@ -128,6 +129,7 @@ class Daemon:
         self.live = LiveState(history=cfg.dashboard.history)
         self.live.pipelines = tuple((p.name, p.kind) for p in cfg.pipelines)
         self.live.ack_handler = self._acknowledge
+        self._ack_guard = TokenGuard()
         self.store_path = store_path or run_path(cfg)
         self.dashboard_url = ""
         self.started = asyncio.Event()
@@ -227,8 +229,19 @@ class Daemon:
         expected = self.cfg.operator_token()
         if not expected:
             return AckResult(False, "acknowledgement disabled: no operator token configured")
+        locked = self._ack_guard.locked_for()
+        if locked:
+            log.warning(
+                "refused acknowledgement of %s by %r: locked out after wrong tokens", alarm_id, operator
+            )
+            return AckResult(False, f"rejected: too many wrong tokens, try again in {locked:.0f} s")
         if not hmac.compare_digest(token.encode(), expected.encode()):
-            log.warning("rejected acknowledgement of %s by %r: bad operator token", alarm_id, operator)
+            lockout = self._ack_guard.failed()
+            log.warning(
+                "rejected acknowledgement of %s by %r: bad operator token (%d wrong so far)%s",
+                alarm_id, operator, self._ack_guard.failures,
+                f"; acknowledgements locked for {self._ack_guard.lockout_s:.0f} s" if lockout else "",
+            )  # fmt: skip
             return AckResult(False, "rejected: wrong operator token")
         if not operator.strip():
             return AckResult(False, "rejected: operator name is required")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 
@@ -131,7 +132,10 @@ class EpicsAlarmSink:
         """Bind the CA server (TCP + UDP search) and start the heartbeat; raises if it cannot."""
         self._loop = asyncio.get_running_loop()
         self._dirty = asyncio.Event()
-        interfaces = list(self.settings.interfaces) or None
+        # Loopback unless configured ([alerts.epics] interfaces or EPICS_CAS_INTF_ADDR_LIST).
+        interfaces = list(self.settings.interfaces) or (
+            None if os.environ.get("EPICS_CAS_INTF_ADDR_LIST") else ["127.0.0.1"]
+        )
         self._ctx = Context(self.group.pvdb, interfaces)
         up = asyncio.Event()
 
