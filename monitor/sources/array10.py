@@ -27,7 +27,7 @@ from monitor.errors import FrameRejected, SourceError
 from monitor.frames import Frame, FrameMeta, Rejection, SeriesEvent
 from monitor.logutil import RateLimitedLog
 from monitor.sources.base import Emit, as_rejection
-from monitor.sources.zmqsock import open_receive_socket
+from monitor.sources.zmqsock import PeerEvents, max_message_bytes, open_receive_socket
 
 log = logging.getLogger("monitor.sources.array10")
 
@@ -320,6 +320,8 @@ class Array10Source:
         self.received = 0
         self.frames = 0
         self.series_events = 0
+        self.disconnects = 0
+        """Senders disconnected (ZMQ_MAXMSGSIZE exceeded, or a sender went away); set at stop."""
         self.rejected: Counter[str] = Counter()
         self._ctx = context if context is not None else zmq.asyncio.Context.instance()
         self._poll_ms = max(1, int(poll_interval_s * 1000))
@@ -352,8 +354,15 @@ class Array10Source:
         # A synchronous shadow of the same socket: once poll says messages are queued, NOBLOCK
         # receives need no futures (measurably cheaper per message at thousands of frames/s).
         direct = zmq.Socket.shadow(sock.underlying)
+        peers = PeerEvents(sock)
         try:
             while not stop.is_set():
+                if peers.poll():
+                    log.warning(
+                        "source %r: a sender disconnected (%d so far; a message part over %d bytes, "
+                        "ZMQ_MAXMSGSIZE, disconnects its sender)", self.name, peers.disconnects,
+                        max_message_bytes(self.settings),
+                    )  # fmt: skip
                 if not await sock.poll(self._poll_ms, zmq.POLLIN):
                     continue
                 # Drain what is queued without polling again for every message.
@@ -366,15 +375,19 @@ class Array10Source:
                     if stop.is_set():
                         break
         finally:
+            peers.poll()
+            self.disconnects = peers.disconnects
+            peers.close()
             self.close()
             self._rejections.flush(f"source {self.name!r}")
             log.info(
-                "source %r stopped: %d received, %d frames, %d rejected, %d upstream gaps",
+                "source %r stopped: %d received, %d frames, %d rejected, %d upstream gaps, %d disconnects",
                 self.name,
                 self.received,
                 self.frames,
                 sum(self.rejected.values()),
                 self._gaps.total,
+                self.disconnects,
             )
 
     async def _handle(self, parts: Sequence[zmq.Frame], emit: Emit) -> None:

@@ -51,11 +51,16 @@ from monitor.sources.bluesky_docs import (
     decode_message,
 )
 from monitor.sources.hdf5_resolve import AD_HDF5_DATASET, Hdf5Frames, ad_hdf5_location, map_root
+from monitor.sources.zmqsock import max_message_bytes
 
 log = logging.getLogger("monitor.sources.bluesky")
 
 MAX_DATUMS = 100_000
 MAX_RUNS = 64
+MAX_RESOURCES = 10_000
+"""Resources and stream resources kept (oldest forgotten first, counted in ``evictions``)."""
+MAX_STREAMS = 1_000
+"""Descriptors kept across open runs."""
 """Open runs remembered; the oldest is forgotten when a publisher died without sending ``stop``."""
 """Datums remembered per source (oldest forgotten first); a run rarely holds more in flight."""
 _SCALARS = (str, int, float, bool)
@@ -146,6 +151,23 @@ class RunTracker:
         self.resources: dict[str, ResourceDoc] = {}
         self.stream_resources: dict[str, StreamResourceDoc] = {}
         self.datums: OrderedDict[str, DatumDoc] = OrderedDict()
+        self.evictions: Counter[str] = Counter()
+        """Cache entries forgotten to bound memory (a run without ``stop``, a resource flood)."""
+
+    def _bound(self, cache: dict[str, object], limit: int, what: str) -> None:
+        while len(cache) > limit:
+            del cache[next(iter(cache))]  # dicts keep insertion order: the oldest goes first
+            if not self.evictions[what]:
+                log.warning("bluesky: more than %d %s cached; forgetting the oldest (counted)", limit, what)
+            self.evictions[what] += 1
+
+    def add_resource(self, doc: ResourceDoc) -> None:
+        self.resources[doc.uid] = doc
+        self._bound(self.resources, MAX_RESOURCES, "resources")  # type: ignore[arg-type]
+
+    def add_stream_resource(self, doc: StreamResourceDoc) -> None:
+        self.stream_resources[doc.uid] = doc
+        self._bound(self.stream_resources, MAX_RESOURCES, "stream_resources")  # type: ignore[arg-type]
 
     def start(self, doc: StartDoc) -> None:
         extra: dict[str, str | int | float | bool] = {"run_uid": doc.uid}
@@ -177,11 +199,11 @@ class RunTracker:
         if doc.run_start not in self.runs:
             raise FrameRejected("unknown_run", f"descriptor {doc.uid[:8]} of a run whose start we missed")
         self.streams[doc.uid] = StreamInfo(doc, image_key(doc, self.settings.data_key))
+        self._bound(self.streams, MAX_STREAMS, "descriptors")  # type: ignore[arg-type]
 
     def add_datum(self, doc: DatumDoc) -> None:
         self.datums[doc.datum_id] = doc
-        if len(self.datums) > MAX_DATUMS:
-            self.datums.popitem(last=False)
+        self._bound(self.datums, MAX_DATUMS, "datums")  # type: ignore[arg-type]
 
     def stream(self, descriptor: str) -> StreamInfo:
         info = self.streams.get(descriptor)
@@ -294,6 +316,7 @@ class BlueskySource:
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, max(s.rcvhwm, 1000))  # documents are small except images
+            sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes(s))
             sock.setsockopt(zmq.SUBSCRIBE, (s.prefix + " ").encode() if s.prefix else b"")
             if s.mode == "bind":
                 sock.bind(s.endpoint)
@@ -390,10 +413,10 @@ class BlueskySource:
             tr.descriptor(doc)
             self.documents["descriptor"] += 1
         elif isinstance(doc, ResourceDoc):
-            tr.resources[doc.uid] = doc
+            tr.add_resource(doc)
             self.documents["resource"] += 1
         elif isinstance(doc, StreamResourceDoc):
-            tr.stream_resources[doc.uid] = doc
+            tr.add_stream_resource(doc)
             self.documents["stream_resource"] += 1
         elif isinstance(doc, DatumDoc):
             tr.add_datum(doc)

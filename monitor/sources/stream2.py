@@ -49,7 +49,7 @@ from monitor.sources.stream2_fields import (
     short,
     user_meta,
 )
-from monitor.sources.zmqsock import open_receive_socket
+from monitor.sources.zmqsock import PeerEvents, max_message_bytes, open_receive_socket
 
 log = logging.getLogger("monitor.sources.stream2")
 
@@ -342,6 +342,8 @@ class Stream2Source:
         self.received = 0
         self.frames = 0
         self.series_events = 0
+        self.disconnects = 0
+        """Senders disconnected (ZMQ_MAXMSGSIZE exceeded, or a sender went away); set at stop."""
         self.rejected: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
         """Well-formed messages of types we do not use, by type."""
@@ -382,8 +384,15 @@ class Stream2Source:
         sock = self._socket
         assert sock is not None
         direct = zmq.Socket.shadow(sock.underlying)  # NOBLOCK drains without futures (see array10)
+        peers = PeerEvents(sock)
         try:
             while not stop.is_set():
+                if peers.poll():
+                    log.warning(
+                        "source %r: a sender disconnected (%d so far; a message part over %d bytes, "
+                        "ZMQ_MAXMSGSIZE, disconnects its sender)", self.name, peers.disconnects,
+                        max_message_bytes(self.settings),
+                    )  # fmt: skip
                 if not await sock.poll(self._poll_ms, zmq.POLLIN):
                     continue
                 for _ in range(256):
@@ -395,13 +404,16 @@ class Stream2Source:
                     if stop.is_set():
                         break
         finally:
+            peers.poll()
+            self.disconnects = peers.disconnects
+            peers.close()
             self.close()
             self._rejections.flush(f"source {self.name!r}")
             log.info(
                 "source %r stopped: %d received, %d frames, %d series events, %d rejected, %d ignored, "
-                "%d upstream gaps",
+                "%d upstream gaps, %d disconnects",
                 self.name, self.received, self.frames, self.series_events, sum(self.rejected.values()),
-                sum(self.ignored.values()), self._gaps.total,
+                sum(self.ignored.values()), self._gaps.total, self.disconnects,
             )  # fmt: skip
 
     async def _decode(self, buffer: memoryview, t_received: float) -> Stream2Event:

@@ -1,4 +1,10 @@
-"""The receive socket every ZeroMQ source opens: PULL or SUB, connect or bind, from its settings."""
+"""The receive socket every ZeroMQ source opens: PULL or SUB, connect or bind, from its settings.
+
+``ZMQ_MAXMSGSIZE`` bounds what libzmq buffers for one message part before we see it: a part
+larger than :func:`max_message_bytes` disconnects its sender (counted by :class:`PeerEvents`)
+instead of being buffered in full and then rejected. Parts up to that bound still arrive and are
+rejected by the decoder as ``oversize`` with a row.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ def open_receive_socket(ctx: zmq.asyncio.Context, s: SourceSettings) -> tuple[zm
     sock = ctx.socket(zmq.SUB if s.socket == "sub" else zmq.PULL)
     try:
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes(s))
         sock.setsockopt(zmq.RCVHWM, s.rcvhwm)
         if s.socket == "sub":
             # PUB/SUB drops silently when we fall behind: loss shows up in upstream_gaps().
@@ -29,3 +36,47 @@ def open_receive_socket(ctx: zmq.asyncio.Context, s: SourceSettings) -> tuple[zm
         what = f"cannot {s.mode} {s.socket} socket to {s.endpoint!r}"
         raise SourceError(f"source {s.name!r}: {what}: {exc}") from exc
     return sock, endpoint
+
+
+OVERHEAD_BYTES = 1 << 20
+
+
+def max_message_bytes(s: SourceSettings) -> int:
+    """``ZMQ_MAXMSGSIZE`` for a source: twice the largest part its decoder accepts (Stream V2
+    carries up to four channels per message), plus 1 MiB for headers and start messages."""
+    per_message = (4 if s.kind == "stream2" else 1) * s.max_frame_bytes + OVERHEAD_BYTES
+    return 2 * per_message
+
+
+class PeerEvents:
+    """Counts peers that disconnected: a message part over ``ZMQ_MAXMSGSIZE``, or a sender that
+    went away (libzmq reports both as a disconnect). Non-blocking; call :meth:`poll` from the
+    receive loop."""
+
+    def __init__(self, sock: zmq.Socket) -> None:  # type: ignore[type-arg]
+        self._sock = sock
+        mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._mon = mon
+        self._direct = zmq.Socket.shadow(mon.underlying)
+        self.disconnects = 0
+
+    def poll(self) -> int:
+        """Drain pending monitor events; returns how many disconnects were new."""
+        new = 0
+        while True:
+            try:
+                self._direct.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError:
+                break  # monitor already closed
+            new += 1
+        self.disconnects += new
+        return new
+
+    def close(self) -> None:
+        try:
+            self._sock.disable_monitor()
+        except zmq.ZMQError:
+            pass  # the socket is already closed
+        self._mon.close(linger=0)

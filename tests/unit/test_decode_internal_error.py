@@ -108,3 +108,23 @@ def test_an_unexpected_decoder_exception_is_internal_error(
     ] * 3
     traced = [r for r in caplog.records if r.exc_info and "ZeroDivisionError" in r.getMessage()]
     assert len(traced) == 1, "the traceback is logged once per source and exception type"
+
+
+def test_bluesky_resource_caches_are_bounded_and_evictions_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    import monitor.sources.bluesky as bluesky_mod
+
+    monkeypatch.setattr(bluesky_mod, "MAX_RESOURCES", 5)
+    monkeypatch.setattr(bluesky_mod, "MAX_DATUMS", 7)
+    source = _bluesky()
+    messages = [_bs("start", {"uid": "r", "time": 1.0})]
+    for i in range(20):  # a run that never stops: resources and datums must not grow without bound
+        res = {"uid": f"res{i}", "spec": "AD_HDF5", "root": "/", "resource_path": f"f{i}.h5",
+               "resource_kwargs": {}, "run_start": "r"}  # fmt: skip
+        messages += [_bs("resource", res), _bs("datum", {"datum_id": f"res{i}/0", "resource": f"res{i}",
+                                                          "datum_kwargs": {"point_number": 0}})]  # fmt: skip
+    events = _collect(source.handle, messages)
+    assert not [e for e in events if isinstance(e, Rejection)], events
+    tracker = source.tracker
+    assert len(tracker.resources) == 5 and len(tracker.datums) == 7
+    assert tracker.evictions == {"resources": 15, "datums": 13}
+    assert list(tracker.resources) == [f"res{i}" for i in range(15, 20)]  # the newest are kept
