@@ -42,6 +42,9 @@ class SourceSettings:
     max_frame_bytes: int = 256 * 1024 * 1024
     stream: str = "frames"
     """Stream name used when a message does not name its own."""
+    timestamp_epoch: Literal["auto", "epics", "unix"] = "auto"
+    """array10 ``timeStamp`` epoch: areaDetector sends EPICS seconds (since 1990-01-01); ``auto``
+    reads a stamp as EPICS time when only that reading is within 30 days of reception."""
     # replay
     path: str = ""
     dataset: str = ""
