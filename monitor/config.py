@@ -171,6 +171,16 @@ class DashboardSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus ``/metrics`` (``monitor.metrics``)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    """Bind address; loopback by default (put a reverse proxy or node exporter in front to share)."""
+    port: int = 9464
+
+
+@dataclass(frozen=True)
 class MonitorConfig:
     run: str = "run"
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
@@ -179,6 +189,7 @@ class MonitorConfig:
     store: StoreSettings = field(default_factory=StoreSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def operator_token(self) -> str:
         return self.dashboard.operator_token or os.environ.get("OPERANDO_OPERATOR_TOKEN", "")
@@ -331,6 +342,8 @@ def validate(cfg: MonitorConfig) -> MonitorConfig:
     _positive(cfg.dashboard.update_ms, "dashboard.update_ms")
     if not 0 <= cfg.dashboard.port < 65536:
         raise ConfigError("dashboard.port", f"must be 0..65535, got {cfg.dashboard.port}")
+    if not 0 <= cfg.metrics.port < 65536:
+        raise ConfigError("metrics.port", f"must be 0..65535, got {cfg.metrics.port}")
     return cfg
 
 

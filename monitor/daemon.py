@@ -37,6 +37,7 @@ from monitor.alerts.sinks import CallbackSink, JournalSink, LiveSink, ZmqPubSink
 from monitor.config import MonitorConfig, SourceSettings
 from monitor.display import Display
 from monitor.frames import Disposition
+from monitor.integrations import Integrations
 from monitor.live import AckResult, LiveState
 from monitor.pipelines.base import Pipeline, Result
 from monitor.pipelines.registry import build_pipeline
@@ -143,6 +144,7 @@ class Daemon:
         self._threshold_rules = [ThresholdRule(r) for r in cfg.alerts.rules if r.kind == "threshold"]
         self._silence_rules = [SilenceRule(r) for r in cfg.alerts.rules if r.kind == "silence"]
         self.sources: list[Source] = []
+        self.integrations = Integrations(cfg)
         self.recorder = Recorder(self._open_store, cfg.store.flush_interval_s)
         journal_path = Path(cfg.alerts.journal)
         if not journal_path.is_absolute():
@@ -187,9 +189,11 @@ class Daemon:
 
     def _on_disposition(self, d: Disposition) -> None:
         self.recorder.add_disposition(d)
+        self.integrations.on_disposition(d)
 
     def _on_results(self, pipeline: Pipeline, results: list[Result]) -> None:
         self.recorder.add_results(pipeline.name, results)
+        self.integrations.on_results(pipeline.name, results)
         if self.alarms is None:
             return
         for rule in self._threshold_rules:
@@ -261,6 +265,7 @@ class Daemon:
             sinks.append(self.epics)
         if self.cfg.alerts.zmq_pub:
             sinks.append(ZmqPubSink(self.cfg.alerts.zmq_pub))
+        sinks.extend(self.integrations.start(self))
         latch = frozenset(r.name for r in self.cfg.alerts.rules if r.latch)
         self.alarms = AlarmManager(journal, sinks, latch)
         await self.recorder.open()
@@ -356,6 +361,7 @@ class Daemon:
         log.info("shutting down: close sockets")
         if self._display is not None:
             await self._display.stop()
+        await self.integrations.stop()
         if self.alarms is not None:
             if self.epics is not None:
                 await self.epics.stop()
