@@ -38,6 +38,12 @@ class Integrations:
             m = self.cfg.metrics
             self.metrics = MetricsServer(daemon, host=m.host, port=m.port, adapters=self.outcomes)
             self.metrics.start()
+        if self.cfg.alerts.queueserver.enabled:
+            from monitor.alerts.queueserver import QueueServerAdapter
+            from monitor.alerts.sinks import JournalSink
+
+            journal = JournalSink(daemon.journal_path)
+            self.adapters["queueserver"] = QueueServerAdapter(self.cfg.alerts.queueserver, journal)
         return [a for a in self.adapters.values() if hasattr(a, "emit")]
 
     def on_disposition(self, d: Disposition) -> None:
