@@ -219,6 +219,19 @@ def cmd_export_triton(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_phoebus(args: argparse.Namespace) -> int:
+    from monitor.config import config_from_dict, load_config
+    from monitor.phoebus import write_alarm_tree
+
+    cfg = load_config(args.config) if args.config else config_from_dict({})
+    n = write_alarm_tree(cfg, args.out, args.config_name)
+    print(f"{args.out}: {n} PVs of prefix {cfg.alerts.epics.prefix!r} in Phoebus config {args.config_name!r}")
+    print(f"import: alarm-server.sh -config {args.config_name} -import {args.out}")
+    if not cfg.alerts.epics.enabled:
+        print("warning: [alerts.epics] enabled = false: the PVs exist only once enabled", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="operando-monitor", description=__doc__)
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
@@ -333,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     et.add_argument("--out", required=True)
     et.add_argument("--weights", default=None, help="weights directory (default: engines/weights)")
     et.set_defaults(fn=cmd_export_triton)
+
+    ep = sub.add_parser("export-phoebus", help="write a Phoebus alarm-tree XML for the alarm PVs")
+    ep.add_argument("--out", required=True)
+    ep.add_argument("--config", default=None, help="monitor TOML (its [alerts] rules and PV prefix)")
+    ep.add_argument("--config-name", default="OperandoMonitor", help="Phoebus alarm config name")
+    ep.set_defaults(fn=cmd_export_phoebus)
     return p
 
 

@@ -44,6 +44,9 @@ class SourceSettings:
     max_frame_bytes: int = 256 * 1024 * 1024
     stream: str = "frames"
     """Stream name used when a message does not name its own."""
+    timestamp_epoch: Literal["auto", "epics", "unix"] = "auto"
+    """array10 ``timeStamp`` epoch: areaDetector sends EPICS seconds (since 1990-01-01); ``auto``
+    reads a stamp as EPICS time when only that reading is within 30 days of reception."""
     # replay
     path: str = ""
     dataset: str = ""
@@ -153,6 +156,29 @@ class EpicsSettings:
 
 
 @dataclass(frozen=True)
+class QueueServerSettings:
+    """bluesky-queueserver adapter (``monitor.alerts.queueserver``): act on chosen alarms."""
+
+    enabled: bool = False
+    zmq_control_addr: str = "tcp://127.0.0.1:60615"
+    """The RE Manager's control socket (``start-re-manager --zmq-control-addr``)."""
+    zmq_public_key: str = ""
+    """The manager's public key when its control socket is encrypted."""
+    action: Literal["pause_deferred", "pause_immediate", "queue_plan"] = "pause_deferred"
+    rules: tuple[str, ...] = ()
+    """Rule names that trigger the action; empty: any rule."""
+    min_severity: Literal["MINOR", "MAJOR", "INVALID"] = "MAJOR"
+    plan_name: str = ""
+    """``queue_plan``: the plan to add (must exist in the manager's environment)."""
+    plan_kwargs: dict[str, bool | int | float | str | tuple[str, ...]] = field(default_factory=dict)
+    """Plan keyword arguments; a list of names (e.g. ``detectors = ["det1"]``) is passed as a list."""
+    queue_position: Literal["front", "back"] = "front"
+    user: str = "operando-monitor"
+    user_group: str = "primary"
+    timeout_s: float = 2.0
+
+
+@dataclass(frozen=True)
 class AlertSettings:
     journal: str = "alarms.jsonl"
     """JSON Lines journal path, relative to the store directory unless absolute."""
@@ -160,6 +186,7 @@ class AlertSettings:
     """Endpoint the alarm PUB socket binds (e.g. ``tcp://127.0.0.1:5570``); empty: off."""
     rules: tuple[RuleSettings, ...] = ()
     epics: EpicsSettings = field(default_factory=EpicsSettings)
+    queueserver: QueueServerSettings = field(default_factory=QueueServerSettings)
 
 
 @dataclass(frozen=True)
@@ -175,6 +202,16 @@ class DashboardSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus ``/metrics`` (``monitor.metrics``)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    """Bind address; loopback by default (put a reverse proxy or node exporter in front to share)."""
+    port: int = 9464
+
+
+@dataclass(frozen=True)
 class MonitorConfig:
     run: str = "run"
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
@@ -183,6 +220,7 @@ class MonitorConfig:
     store: StoreSettings = field(default_factory=StoreSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def operator_token(self) -> str:
         return self.dashboard.operator_token or os.environ.get("OPERANDO_OPERATOR_TOKEN", "")
@@ -387,6 +425,15 @@ def validate(cfg: MonitorConfig) -> MonitorConfig:
             if r.source not in names:
                 raise ConfigError(f"{key}.source", f"no source named {r.source!r}")
             _positive(r.timeout_s, f"{key}.timeout_s")
+    qs = cfg.alerts.queueserver
+    if qs.enabled:
+        _positive(qs.timeout_s, "alerts.queueserver.timeout_s")
+        if qs.action == "queue_plan" and not qs.plan_name:
+            raise ConfigError("alerts.queueserver.plan_name", "required for action 'queue_plan'")
+        rule_names = {r.name for r in cfg.alerts.rules}
+        for k, name in enumerate(qs.rules):
+            if name not in rule_names:
+                raise ConfigError(f"alerts.queueserver.rules[{k}]", f"no rule named {name!r}")
     if cfg.alerts.epics.enabled:
         _positive(cfg.alerts.epics.heartbeat_s, "alerts.epics.heartbeat_s")
         if not cfg.alerts.epics.prefix:
@@ -400,6 +447,8 @@ def validate(cfg: MonitorConfig) -> MonitorConfig:
     _positive(cfg.dashboard.update_ms, "dashboard.update_ms")
     if not 0 <= cfg.dashboard.port < 65536:
         raise ConfigError("dashboard.port", f"must be 0..65535, got {cfg.dashboard.port}")
+    if not 0 <= cfg.metrics.port < 65536:
+        raise ConfigError("metrics.port", f"must be 0..65535, got {cfg.metrics.port}")
     return cfg
 
 

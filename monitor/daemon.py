@@ -39,6 +39,7 @@ from monitor.config import MonitorConfig, SourceSettings, redact_secrets
 from monitor.display import Display
 from monitor.errors import ConfigError, MonitorError
 from monitor.frames import Disposition
+from monitor.integrations import Integrations
 from monitor.live import AckResult, LiveState
 from monitor.pipelines.base import Pipeline, Result
 from monitor.preflight import build_pipelines
@@ -147,6 +148,7 @@ class Daemon:
         self._threshold_rules = [ThresholdRule(r) for r in cfg.alerts.rules if r.kind == "threshold"]
         self._silence_rules = [SilenceRule(r) for r in cfg.alerts.rules if r.kind == "silence"]
         self.sources: list[Source] = []
+        self.integrations = Integrations(cfg)
         self.recorder = Recorder(
             self._open_store, cfg.store.flush_interval_s, int(cfg.store.max_pending_mb * 1024 * 1024)
         )
@@ -207,9 +209,11 @@ class Daemon:
 
     def _on_disposition(self, d: Disposition) -> None:
         self.recorder.add_disposition(d)
+        self.integrations.on_disposition(d)
 
     def _on_results(self, pipeline: Pipeline, results: list[Result]) -> None:
         self.recorder.add_results(pipeline.name, results)
+        self.integrations.on_results(pipeline.name, results)
         if self.alarms is None:
             return
         for rule in self._threshold_rules:
@@ -327,6 +331,7 @@ class Daemon:
             self.epics = EpicsAlarmSink(self.cfg.alerts.epics)
             await self.epics.start()
             sinks.append(self.epics)
+        sinks.extend(self.integrations.start(self))
         latch = frozenset(r.name for r in self.cfg.alerts.rules if r.latch)
         self.alarms = AlarmManager(journal, sinks, latch)
         await self.recorder.open()
@@ -448,6 +453,7 @@ class Daemon:
         log.info("shutting down: close sockets")
         if self._display is not None:
             await self._display.stop()
+        await self.integrations.stop()
         if self.alarms is not None:
             if self.epics is not None:
                 await self.epics.stop()

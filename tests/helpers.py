@@ -55,7 +55,7 @@ MALFORMED: list[tuple[str, list[bytes]]] = [
     ("missing_parts", [header()]),
     ("extra_parts", [header(), GOOD_PIXELS, b"extra"]),
     ("bad_endianness", [header(endianness="middle"), GOOD_PIXELS]),
-    ("unsupported_encoding", [header(encoding="bslz4"), GOOD_PIXELS]),
+    ("unsupported_encoding", [header(encoding="jpeg"), GOOD_PIXELS]),
     ("bad_frame_number", [header(frame="seven"), GOOD_PIXELS]),
     ("bad_metadata", [header(energy_eV="high"), GOOD_PIXELS]),
 ]

@@ -70,7 +70,10 @@ def read_journal(path: str | Path) -> list[AlarmEvent]:
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
-                events.append(event_from_json(json.loads(line)))
+                record = json.loads(line)
+                if record.get("record") == "action":  # an adapter's action, not an alarm event
+                    continue
+                events.append(event_from_json(record))
     return events
 
 
@@ -87,6 +90,13 @@ class JournalSink:
 
     def emit(self, event: AlarmEvent) -> None:
         self._fh.write(json.dumps(event_to_json(event), allow_nan=True) + "\n")
+        self._fh.flush()
+        if self._fsync:
+            os.fsync(self._fh.fileno())
+
+    def write_record(self, record: dict[str, object]) -> None:
+        """Append a non-alarm record (e.g. ``{"record": "action", ...}`` of an adapter)."""
+        self._fh.write(json.dumps(record, allow_nan=True, default=str) + "\n")
         self._fh.flush()
         if self._fsync:
             os.fsync(self._fh.fileno())

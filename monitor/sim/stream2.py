@@ -62,6 +62,8 @@ class Compressor:
                 filt = hdf5plugin.Bitshuffle(nelems=0, cname="lz4")
             elif algorithm == "lz4":
                 filt = hdf5plugin.LZ4()
+            elif algorithm == "bszstd":  # Jungfraujoch: Bitshuffle + Zstandard
+                filt = hdf5plugin.Bitshuffle(nelems=0, cname="zstd")
             else:
                 raise ValueError(f"unknown compression {algorithm!r} (bslz4 or lz4)")
             name = f"d{len(self._datasets)}"
@@ -94,7 +96,7 @@ def multi_dim_array(array: np.ndarray, compression: str = "bslz4") -> cbor2.CBOR
     if compression == "none":
         content: object = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
     else:
-        elem_size = a.dtype.itemsize if compression == "bslz4" else 0
+        elem_size = a.dtype.itemsize if compression in ("bslz4", "bszstd") else 0
         content = cbor2.CBORTag(TAG_DECTRIS_COMPRESSION, [compression, elem_size, compress(a, compression)])
     typed = cbor2.CBORTag(TYPED_ARRAY_TAGS[a.dtype.name], content)
     return cbor2.CBORTag(TAG_MULTI_DIM, [[int(a.shape[0]), int(a.shape[1])], typed])

@@ -10,7 +10,6 @@ stable reason code. :class:`Array10Source` receives messages and never raises on
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -26,6 +25,8 @@ from monitor.config import SourceSettings
 from monitor.errors import FrameRejected, SourceError
 from monitor.frames import Frame, FrameMeta, Rejection, SeriesEvent
 from monitor.logutil import RateLimitedLog
+from monitor.sources.ad_codec import decode_codec
+from monitor.sources.ad_header import NDATTR_DROPPED, HeaderUnreadable, parse_header_tolerant, to_unix_time
 from monitor.sources.base import Emit, as_rejection
 from monitor.sources.zmqsock import PeerEvents, max_message_bytes, open_receive_socket
 
@@ -40,7 +41,7 @@ MAX_HEADER_BYTES = 1 << 20
 
 REASONS = tuple(
     "missing_parts extra_parts bad_json not_an_object bad_htype bad_dtype bad_shape size_mismatch oversize "
-    "bad_endianness unsupported_encoding bad_frame_number bad_metadata bad_buffer".split()
+    "bad_endianness unsupported_encoding bad_frame_number bad_metadata bad_buffer bad_compression".split()
 )
 """Every reason code :func:`decode_array10` can raise."""
 
@@ -89,21 +90,19 @@ def _bytes_view(part: object, what: str) -> memoryview:
     return view
 
 
-def _parse_header(part: object) -> dict[str, object]:
+def _parse_header(part: object) -> tuple[dict[str, object], str]:
+    """Return (header, repair); repair names how NDPluginZMQ's invalid JSON was salvaged, or ""."""
     view = _bytes_view(part, "header part")
     if view.nbytes > MAX_HEADER_BYTES:
         raise FrameRejected("oversize", f"JSON header of {view.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        text = str(view, "utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise FrameRejected("bad_json", f"header is not UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        header = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-        raise FrameRejected("bad_json", f"header is not valid JSON: {_short(str(exc), 100)}") from None
+        parsed = parse_header_tolerant(view)
+    except HeaderUnreadable as exc:
+        raise FrameRejected("bad_json", _short(str(exc), 160)) from None
+    header = parsed.header
     if not isinstance(header, dict):
         raise FrameRejected("not_an_object", f"JSON header is a {type(header).__name__}, not an object")
-    return header
+    return header, parsed.repair
 
 
 def _htype(header: Mapping[str, object]) -> tuple[str, bool]:
@@ -150,13 +149,15 @@ def _shape(header: Mapping[str, object], legacy: bool) -> tuple[int, int]:
     return dims[0], dims[1]
 
 
+def _codec(header: Mapping[str, object]) -> str:
+    """NDPluginCodec's codec name from ``encoding`` (NDPluginZMQ) or ``codec``; "" for raw pixels."""
+    value = header.get("encoding", header.get("codec", ""))
+    if not isinstance(value, str):
+        raise FrameRejected("unsupported_encoding", f"encoding must be a string, got {_short(value)}")
+    return value
+
+
 def _dtype(header: Mapping[str, object]) -> np.dtype:
-    if "encoding" in header and header["encoding"] != "":
-        raise FrameRejected(
-            "unsupported_encoding",
-            f"encoding {_short(header['encoding'])} is not supported: the array10 source only decodes "
-            'raw data (encoding ""); lz4/bslz4 are not implemented for array10 yet',
-        )
     name = header.get("type")
     if not isinstance(name, str) or name not in DTYPES:
         raise FrameRejected(
@@ -169,7 +170,7 @@ def _dtype(header: Mapping[str, object]) -> np.dtype:
     return DTYPES[name].newbyteorder("<" if order == "little" else ">")
 
 
-def _meta(header: Mapping[str, object]) -> FrameMeta:
+def _meta(header: Mapping[str, object], repair: str = "") -> FrameMeta:
     values: dict[str, object] = {}
     for key in _FLOAT_META:
         if key in header:
@@ -190,19 +191,23 @@ def _meta(header: Mapping[str, object]) -> FrameMeta:
         if not isinstance(ndattr, dict):
             raise FrameRejected("bad_metadata", f"'ndattr' must be an object, got {_short(ndattr)}")
         extra = MappingProxyType({k: v for k, v in ndattr.items() if isinstance(v, str | int | float | bool)})
+    if repair:
+        extra = MappingProxyType({**extra, repair: True})
     return FrameMeta(extra=extra, **values)  # type: ignore[arg-type]
 
 
-def _timestamp(header: Mapping[str, object], default: float) -> float:
+def _timestamp(header: Mapping[str, object], default: float, epoch: str) -> float:
     if "timeStamp" not in header:
         return default
     value = header["timeStamp"]
     if not _is_number(value):
         raise FrameRejected("bad_metadata", f"'timeStamp' must be a finite number, got {_short(value)}")
-    return float(value)  # type: ignore[arg-type]
+    return to_unix_time(float(value), epoch, default)  # type: ignore[arg-type]
 
 
-def _pixels(data: object, dtype: np.dtype, shape: tuple[int, int], max_frame_bytes: int) -> np.ndarray:
+def _pixels(
+    data: object, dtype: np.dtype, shape: tuple[int, int], max_frame_bytes: int, codec: str = ""
+) -> np.ndarray:
     declared = shape[0] * shape[1] * dtype.itemsize
     if declared > max_frame_bytes:
         raise FrameRejected(
@@ -213,6 +218,8 @@ def _pixels(data: object, dtype: np.dtype, shape: tuple[int, int], max_frame_byt
         raise FrameRejected(
             "oversize", f"data part of {view.nbytes} bytes exceeds max_frame_bytes={max_frame_bytes}"
         )
+    if codec:
+        view = memoryview(decode_codec(codec, view, declared, dtype.itemsize))
     if view.nbytes != declared:
         raise FrameRejected(
             "size_mismatch",
@@ -231,15 +238,20 @@ def decode_array10(
     default_stream: str,
     max_frame_bytes: int,
     t_received: float,
+    timestamp_epoch: str = "unix",
 ) -> Frame | SeriesEvent:
     """Decode one array-1.0 message, or raise :class:`FrameRejected` (see :data:`REASONS`).
 
     Little-endian pixels are a read-only zero-copy view of ``parts[1]``; big-endian pixels
     are converted to native order. A frame without ``frame`` gets ``index == -1``.
+    NDPluginCodec arrays (``encoding`` lz4, blosc, bslz4, lz4hdf5, zlib) are decompressed;
+    ``timeStamp`` is converted to Unix time per ``timestamp_epoch`` (``auto``/``epics``/``unix``).
+    A header NDPluginZMQ made invalid JSON is salvaged (``meta.extra`` flags
+    ``ndattr_repaired`` or ``ndattr_dropped``).
     """
     if len(parts) == 0:
         raise FrameRejected("missing_parts", "empty message (no parts)")
-    header = _parse_header(parts[0])
+    header, repair = _parse_header(parts[0])
     htype, legacy = _htype(header)
     if htype in CONTROL_HTYPES:
         if len(parts) > 1:
@@ -254,11 +266,12 @@ def decode_array10(
     stream = _opt_str(header, "stream") or default_stream
     series = _opt_str(header, "series") or ""
     try:
+        codec = _codec(header)
         dtype = _dtype(header)
         shape = _shape(header, legacy)
-        meta = _meta(header)
-        t_detector = _timestamp(header, t_received)
-        array = _pixels(parts[1], dtype, shape, max_frame_bytes)
+        meta = _meta(header, repair)
+        t_detector = _timestamp(header, t_received, timestamp_epoch)
+        array = _pixels(parts[1], dtype, shape, max_frame_bytes, codec)
     except FrameRejected as exc:
         raise Array10Rejected(exc.reason, exc.detail, index=index, stream=stream, series=series) from None
     return Frame(
@@ -323,6 +336,8 @@ class Array10Source:
         self.disconnects = 0
         """Senders disconnected (ZMQ_MAXMSGSIZE exceeded, or a sender went away); set at stop."""
         self.rejected: Counter[str] = Counter()
+        self.salvaged: Counter[str] = Counter()
+        """Frames kept though NDPluginZMQ's header was not JSON: ``ndattr_repaired`` / ``ndattr_dropped``."""
         self._ctx = context if context is not None else zmq.asyncio.Context.instance()
         self._poll_ms = max(1, int(poll_interval_s * 1000))
         self._socket: zmq.asyncio.Socket | None = None
@@ -331,6 +346,14 @@ class Array10Source:
 
     def upstream_gaps(self) -> int:
         return self._gaps.total
+
+    def salvaged_frame(self, frame: Frame) -> bool:
+        """Count a frame whose header needed salvage; True if it did."""
+        for flag in ("ndattr_repaired", NDATTR_DROPPED):
+            if flag in frame.meta.extra:
+                self.salvaged[flag] += 1
+                return True
+        return False
 
     def open(self) -> str:
         """Create, configure and connect/bind the socket (``run`` does this if needed)."""
@@ -400,6 +423,7 @@ class Array10Source:
                 default_stream=self.settings.stream,
                 max_frame_bytes=self.settings.max_frame_bytes,
                 t_received=t_received,
+                timestamp_epoch=self.settings.timestamp_epoch,
             )
         except Exception as raw:  # noqa: BLE001 - every message gets a disposition (internal_error)
             exc = as_rejection(raw, self.name, log)
@@ -421,6 +445,13 @@ class Array10Source:
             self._gaps.reset(event.series)
         else:
             self.frames += 1
+            if self.salvaged_frame(event):
+                what = "dropped" if NDATTR_DROPPED in event.meta.extra else "repaired"
+                self._rejections.warn(
+                    f"ndattr_{what}",
+                    f"source {self.name!r}: frame {event.index}: header was not valid JSON (NDPluginZMQ "
+                    f"writes nan/inf, raw Int8 chars and unescaped strings); pixels kept, attributes {what}",
+                )
             missing = self._gaps.observe(event.stream, event.series, event.index)
             if missing:
                 log.debug(

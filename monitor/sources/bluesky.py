@@ -18,6 +18,7 @@ line) until the next ``start``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -50,6 +51,7 @@ from monitor.sources.bluesky_docs import (
     StreamResourceDoc,
     decode_message,
 )
+from monitor.sources.file_specs import FILE_SPECS, check_spec, file_spec_paths, read_file_frames
 from monitor.sources.hdf5_resolve import AD_HDF5_DATASET, Hdf5Frames, ad_hdf5_location, map_root
 from monitor.sources.zmqsock import max_message_bytes
 
@@ -89,6 +91,9 @@ class ImageRef:
     dataset: str = ""
     start: int = 0
     stop: int = 0
+    files: tuple[str, ...] = ()
+    """One file per frame (``AD_TIFF``, ``NPY_SEQ``), read as ``spec`` says."""
+    spec: str = ""
 
 
 def image_key(desc: DescriptorDoc, wanted: str) -> str:
@@ -228,9 +233,15 @@ class RunTracker:
         resource = self.resources.get(datum.resource)
         if resource is None:
             raise FrameRejected("unknown_resource", f"datum {datum.datum_id[:40]!r}: resource never seen")
-        if resource.spec not in ("AD_HDF5", "AD_HDF5_SWMR"):
-            raise FrameRejected("unsupported_spec", f"resource spec {resource.spec!r} (only AD_HDF5)")
+        check_spec(resource.spec)
         root = map_root(resource.root, self.settings.root_map) if resource.root else ""
+        if resource.spec in FILE_SPECS:
+            files = file_spec_paths(
+                resource.spec, root, resource.resource_path, resource.resource_kwargs, datum.datum_kwargs
+            )
+            if not root:
+                files = tuple(map_root(f, self.settings.root_map) for f in files)
+            return ImageRef(files=files, spec=resource.spec)
         path, start, n = ad_hdf5_location(
             root, resource.resource_path, resource.resource_kwargs, datum.datum_kwargs
         )
@@ -488,6 +499,12 @@ class BlueskySource:
         if ref.array is not None:
             return iter((ref.array,))
         loop = asyncio.get_running_loop()
+        if ref.files:
+            s = self.settings
+            read = functools.partial(
+                read_file_frames, ref.files, ref.spec, timeout_s=s.hdf5_timeout_s, max_bytes=s.max_frame_bytes
+            )
+            return iter(await loop.run_in_executor(self._io, read))
         rows = await loop.run_in_executor(
             self._io, self._hdf5.read_rows, ref.path, ref.dataset, ref.start, ref.stop
         )

@@ -34,6 +34,14 @@ REASONS = tuple(
 )
 """Every reason code :func:`decode_message` can raise."""
 
+PICKLE_ADVICE = (
+    "pickled document refused (bluesky's Publisher pickles by default). Safe fix, on the publishing "
+    "side: `from functools import partial; import msgpack, msgpack_numpy` then "
+    "`RE.subscribe(Publisher(addr, serializer=partial(msgpack.packb, default=msgpack_numpy.encode)))`. "
+    "Only on a trusted network: trust_pickle = true"
+)
+"""The ``pickle_untrusted`` detail: the safe fix (msgpack-numpy on the Publisher) before trust_pickle."""
+
 _EMPTY: Mapping[str, object] = MappingProxyType({})
 _SAFE_GLOBALS = frozenset(
     [
@@ -242,9 +250,7 @@ def deserialize(payload: memoryview, fmt: Format, *, trust_pickle: bool, max_byt
     kind = sniff(payload) if fmt == "auto" else fmt
     if kind == "pickle":
         if not trust_pickle:
-            raise FrameRejected(
-                "pickle_untrusted", "pickled document refused: set trust_pickle = true on a trusted network"
-            )
+            raise FrameRejected("pickle_untrusted", PICKLE_ADVICE)
         try:
             return restricted_loads(payload)
         except pickle.UnpicklingError as exc:

@@ -5,7 +5,8 @@
 :class:`CompressedBytes` *without* decompressing anything: :func:`to_ndarray` decompresses
 only the arrays that are actually used (one routed channel, one pixel mask), after checking
 the declared sizes against a limit, so a message cannot make us allocate more than we allow.
-Decompression is done by ``dectris-compression`` (bslz4 and lz4, both with HDF5 framing).
+Decompression is done by ``dectris-compression`` (bslz4, lz4 and Jungfraujoch's bszstd, all with
+HDF5 framing).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ TYPED_ARRAY_TAGS: Mapping[str, int] = MappingProxyType(
     | {"uint8": 64, "int8": 72}
 )
 """Native dtype name → the little-endian typed-array tag an encoder should use."""
-ALGORITHMS = ("bslz4", "lz4")
+ALGORITHMS = ("bslz4", "lz4", "bszstd")
+"""``bszstd``: Bitshuffle + Zstandard, HDF5 framing (Jungfraujoch's Stream2 variant)."""
 _HEADER_BYTES = 12  # HDF5 framing: 8-byte BE uncompressed size, 4-byte BE block size
 
 
@@ -320,11 +322,12 @@ def to_ndarray(value: object, *, max_bytes: int, what: str = "array") -> np.ndar
 def _decompress(content: CompressedBytes, expected: int, what: str) -> bytes:
     if content.algorithm not in ALGORITHMS:
         raise FrameRejected(
-            "bad_compression", f"{what}: unknown compression {content.algorithm[:20]!r} (bslz4 or lz4)"
+            "bad_compression", f"{what}: unknown compression {content.algorithm[:20]!r} (bslz4, lz4, bszstd)"
         )
-    if content.algorithm == "bslz4" and content.elem_size not in (1, 2, 4, 8, 16):
+    if content.algorithm in ("bslz4", "bszstd") and content.elem_size not in (1, 2, 4, 8, 16):
         raise FrameRejected(
-            "bad_compression", f"{what}: bslz4 elem_size {content.elem_size} is not 1, 2, 4 or 8"
+            "bad_compression",
+            f"{what}: {content.algorithm} elem_size {content.elem_size} is not 1, 2, 4 or 8",
         )
     declared = _declared_size(content.data)
     if declared != expected:  # checked before the library allocates what the header declares

@@ -39,8 +39,10 @@ from monitor.sources.array10 import GapCounter
 from monitor.sources.base import Emit, as_rejection
 from monitor.sources.stream2_fields import (
     channels_field,
+    clean_error_value,
     clean_pixels,
     count_field,
+    error_value_field,
     ids_field,
     is_int,
     number_field,
@@ -55,9 +57,11 @@ log = logging.getLogger("monitor.sources.stream2")
 
 REASONS = tuple(
     "extra_parts bad_buffer oversize bad_cbor not_a_map bad_type bad_series bad_image_id missing_channel "
-    "bad_array bad_dtype bad_shape size_mismatch bad_compression bad_metadata bad_pixel_mask".split()
+    "bad_array bad_dtype bad_shape size_mismatch bad_compression bad_metadata".split()
 )
-"""Every reason code :func:`decode_stream2` can raise."""
+"""Every reason code :func:`decode_stream2` can raise. A malformed ``pixel_mask`` does not reject
+its start message: the series keeps its other fields and the problem is counted as
+``bad_pixel_mask`` in :attr:`Stream2Source.start_problems` (see :attr:`SeriesInfo.mask_error`)."""
 
 MESSAGE_OVERHEAD_BYTES = 1 << 20
 """A message may exceed ``4 * max_frame_bytes`` by this much (start messages carry masks)."""
@@ -83,6 +87,11 @@ class SeriesInfo:
     frame_time_s: float | None = None
     mask_index: np.ndarray = field(default_factory=lambda: _EMPTY_INDEX)
     """Flat indices of the pixels whose ``pixel_mask`` is non-zero (sorted)."""
+    mask_error: str = ""
+    """Why the start message's ``pixel_mask`` was unusable ("" if fine or absent): the series runs
+    without a mask rather than losing its saturation, shape, energy and thresholds."""
+    error_value: int | None = None
+    """Jungfraujoch ``error_value``: pixels equal to it are invalid (like NODATA)."""
 
     @property
     def name(self) -> str:
@@ -132,6 +141,11 @@ def _decode_start(
     saturation = count_field(msg, "saturation_value")
     if saturation is None:
         saturation = count_field(msg, "countrate_correction_count_cutoff")  # EIGER1 name
+    mask_index, mask_error = _EMPTY_INDEX, ""
+    try:
+        mask_index = _mask_index(msg, routed, shape, max_frame_bytes)
+    except FrameRejected as exc:  # bad_pixel_mask: keep the start, run without a mask
+        mask_error = exc.detail
     thresholds = msg.get("threshold_energy", {})
     if not isinstance(thresholds, Mapping):
         raise FrameRejected("bad_metadata", f"'threshold_energy' must be a map, got {short(thresholds)}")
@@ -147,7 +161,9 @@ def _decode_start(
         threshold_energy_eV=number_field(thresholds, routed) if routed else None,
         count_time_s=number_field(msg, "count_time"),
         frame_time_s=number_field(msg, "frame_time"),
-        mask_index=_mask_index(msg, routed, shape, max_frame_bytes),
+        mask_index=mask_index,
+        mask_error=mask_error,
+        error_value=error_value_field(msg),
     )
     return SeriesStart(SeriesEvent(source, info.name, "start", t_received), info)
 
@@ -222,7 +238,11 @@ def _decode_image(
         offset = stop if stop is not None else start
         t_detector = series_date.timestamp() + (offset or 0.0)
     typed, extra = user_meta(msg.get("user_data"))
-    array, masked, invalid = clean_pixels(array, mask_index, _invalid_above(array.dtype, info))
+    invalid_above = _invalid_above(array.dtype, info)
+    array, masked, invalid = clean_pixels(array, mask_index, invalid_above)
+    if info is not None and info.error_value is not None:
+        array, n_error = clean_error_value(array, info.error_value, invalid_above)
+        invalid += n_error
     extra |= {"channel": routed, "masked_pixels": masked, "invalid_pixels": invalid}
     if info is not None:
         for key in ("saturation_value", "threshold_energy_eV", "count_time_s", "frame_time_s"):
@@ -347,6 +367,8 @@ class Stream2Source:
         self.rejected: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
         """Well-formed messages of types we do not use, by type."""
+        self.start_problems: Counter[str] = Counter()
+        """Start-message fields that were unusable but did not lose the start (``bad_pixel_mask``)."""
         self.series: SeriesInfo | None = None
         """The last start message's series (kept after its end message)."""
         self._ctx = context if context is not None else zmq.asyncio.Context.instance()
@@ -475,6 +497,13 @@ class Stream2Source:
             self.series = event.info
             self._gaps.reset(event.info.name)
             info = event.info
+            if info.mask_error:
+                self.start_problems["bad_pixel_mask"] += 1
+                log.warning(
+                    "source %r: series %r: pixel_mask unusable (%s); the series runs WITHOUT a pixel "
+                    "mask (saturation, shape, energy and thresholds kept)",
+                    self.name, info.name, info.mask_error,
+                )  # fmt: skip
             log.info(
                 "source %r: series %r started: channel %r, %s images of %s, saturation %s, %d masked pixels",
                 self.name, info.name, info.channel, info.number_of_images, info.shape, info.saturation_value,

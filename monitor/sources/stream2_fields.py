@@ -130,3 +130,31 @@ def user_meta(user_data: object) -> tuple[dict[str, object], dict[str, str | int
             continue
         extra[f"user_{key}"] = value
     return typed, extra
+
+
+def error_value_field(msg: Mapping[str, object]) -> int | None:
+    """Jungfraujoch's optional ``error_value`` (int64); anything else is ignored as absent."""
+    value = msg.get("error_value")
+    if not is_int(value) or not -(2**63) <= value < 2**63:  # type: ignore[operator]
+        return None
+    return value  # type: ignore[return-value]
+
+
+def clean_error_value(
+    array: np.ndarray, error_value: int, invalid_above: float | None
+) -> tuple[np.ndarray, int]:
+    """Set pixels equal to ``error_value`` to 0; return (array, count). No work when the value
+    is out of the dtype's range or already above ``invalid_above`` (cleaned as NODATA)."""
+    if array.dtype.kind not in "ui":
+        return array, 0
+    info = np.iinfo(array.dtype)
+    if not info.min <= error_value <= info.max:
+        return array, 0
+    if invalid_above is not None and error_value > invalid_above:
+        return array, 0
+    bad = array == error_value
+    n = int(np.count_nonzero(bad))
+    if n:
+        array = np.array(array, order="C")
+        array[bad] = 0
+    return array, n

@@ -28,6 +28,7 @@ from monitor.errors import InvalidResult, StoreError
 from monitor.frames import Disposition
 from monitor.pipelines.base import Result, ResultSchema
 from monitor.store import layout as L
+from monitor.store.nexus import add_nexus_logged
 from monitor.telemetry import TelemetrySnapshot
 
 
@@ -304,6 +305,7 @@ class RunStore:
         finally:
             self._closed = True
             self._f.close()
+        add_nexus_logged(self.path)  # NeXus classes + NXdata (needs the file out of SWMR)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -105,7 +105,7 @@ MALFORMED: list[tuple[str, list[bytes]]] = [
     ("size_mismatch", [h(), PIXELS[:-2]]),
     ("oversize", [h(shape=[64, 64]), bytes(64 * 64 * 2)]),
     ("bad_endianness", [h(endianness="sideways"), PIXELS]),
-    ("unsupported_encoding", [h(encoding="bslz4"), PIXELS]),
+    ("unsupported_encoding", [h(encoding="jpeg"), PIXELS]),
     ("bad_frame_number", [h(frame=-5), PIXELS]),
     ("bad_metadata", [h(energy_eV="eight keV"), PIXELS]),
     ("bad_metadata", [h(stream=42), PIXELS]),

@@ -113,7 +113,7 @@ MALFORMED: list[tuple[str, list[bytes]]] = [
     ("oversize", [tagged(array(RAW, [64, 64]))]),
     ("bad_compression", [tagged(array(cbor2.CBORTag(69, cbor2.CBORTag(56500, ["zstd", 2, bytes(40)]))))]),
     ("bad_metadata", [tagged(array(RAW), stop_time=[1, 0])]),
-    ("bad_pixel_mask", [cbor2.dumps({"type": "start", "series_id": 5, "pixel_mask": [1]})]),
+    ("bad_metadata", [cbor2.dumps({"type": "start", "series_id": 5, "threshold_energy": [1]})]),
 ]
 
 

@@ -112,11 +112,17 @@ def test_bad_endianness(key: str, value: object) -> None:
     assert rejected(msg(header(**{key: value}))).reason == "bad_endianness"
 
 
-@pytest.mark.parametrize("encoding", ["lz4", "bslz4", None, 0])
+@pytest.mark.parametrize("encoding", ["jpeg", "h264", None, 0])
 def test_unsupported_encoding(encoding: object) -> None:
     exc = rejected(msg(header(encoding=encoding)))
     assert exc.reason == "unsupported_encoding"
-    assert "not supported" in exc.detail
+    assert "lossy" in exc.detail if encoding == "jpeg" else "encoding" in exc.detail
+
+
+@pytest.mark.parametrize("encoding", ["lz4", "bslz4", "blosc", "lz4hdf5", "zlib"])
+def test_bad_compression(encoding: str) -> None:
+    """24 bytes that are not a valid stream of the named codec (tests/unit/test_ad_codec.py: valid ones)."""
+    assert rejected(msg(header(encoding=encoding), b"\xff" * 24)).reason == "bad_compression"
 
 
 @pytest.mark.parametrize("frame", [-1, 1.5, "7", None, True, 2**64])
@@ -160,7 +166,7 @@ def test_all_listed_reasons_have_tests() -> None:
     tested = {
         "missing_parts", "extra_parts", "bad_json", "not_an_object", "bad_htype", "bad_dtype", "bad_shape",
         "size_mismatch", "oversize", "bad_endianness", "unsupported_encoding", "bad_frame_number",
-        "bad_metadata",
+        "bad_metadata", "bad_compression",
     }  # fmt: skip
     assert tested <= set(REASONS)
     assert set(REASONS) - tested == {"bad_buffer"}  # only reachable with non-contiguous buffers

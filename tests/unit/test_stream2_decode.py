@@ -411,17 +411,26 @@ def test_bad_metadata_in_image(field: str, value: object) -> None:
         cbor2.CBORTag(40, [[6, 10], cbor2.CBORTag(70, bytes(7))]),
     ],
 )
-def test_bad_pixel_mask(mask: object) -> None:
-    msg = {"type": "start", **IDS, "channels": ["threshold_1"], "image_size_x": 10, "image_size_y": 6}
-    assert rejected(raw_message(msg | {"pixel_mask": {"threshold_1": mask}})).reason == "bad_pixel_mask"
-    assert rejected(raw_message(msg | {"pixel_mask": mask})).reason == "bad_pixel_mask"
+def test_bad_pixel_mask_keeps_the_start(mask: object) -> None:
+    """A malformed mask loses only the mask: shape, saturation, energy, thresholds survive."""
+    msg = {
+        "type": "start", **IDS, "channels": ["threshold_1"], "image_size_x": 10, "image_size_y": 6,
+        "saturation_value": 1234, "incident_energy": 8979.0, "threshold_energy": {"threshold_1": 4500.0},
+    }  # fmt: skip
+    for bad in ({"pixel_mask": {"threshold_1": mask}}, {"pixel_mask": mask}):
+        event = decode(raw_message(msg | bad))
+        assert isinstance(event, SeriesStart)
+        info = event.info
+        assert info.mask_error and info.mask_index.size == 0
+        assert (info.shape, info.saturation_value) == ((6, 10), 1234)
+        assert (info.incident_energy_eV, info.threshold_energy_eV) == (8979.0, 4500.0)
 
 
 def test_every_reason_has_a_test() -> None:
     tested = {
         "bad_buffer", "oversize", "bad_cbor", "not_a_map", "bad_type", "bad_series", "bad_image_id",
         "missing_channel", "bad_array", "bad_dtype", "bad_shape", "size_mismatch", "bad_compression",
-        "bad_metadata", "bad_pixel_mask",
+        "bad_metadata",
     }  # fmt: skip
     assert set(REASONS) - tested == {"extra_parts"}  # source level: tests/system/test_stream2_source.py
 
