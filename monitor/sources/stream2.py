@@ -37,6 +37,7 @@ from monitor.logutil import RateLimitedLog
 from monitor.sources import cbor_arrays
 from monitor.sources.array10 import GapCounter
 from monitor.sources.base import Emit
+from monitor.sources.pixel_mask import MaskPlan
 from monitor.sources.stream2_fields import (
     channels_field,
     clean_pixels,
@@ -83,6 +84,8 @@ class SeriesInfo:
     frame_time_s: float | None = None
     mask_index: np.ndarray = field(default_factory=lambda: _EMPTY_INDEX)
     """Flat indices of the pixels whose ``pixel_mask`` is non-zero (sorted)."""
+    mask_plan: MaskPlan | None = None
+    """The same pixels as row/column runs, to zero frames of the mask's shape in place."""
 
     @property
     def name(self) -> str:
@@ -147,23 +150,24 @@ def _decode_start(
         threshold_energy_eV=number_field(thresholds, routed) if routed else None,
         count_time_s=number_field(msg, "count_time"),
         frame_time_s=number_field(msg, "frame_time"),
-        mask_index=_mask_index(msg, routed, shape, max_frame_bytes),
+        **_pixel_mask(msg, routed, shape, max_frame_bytes),
     )
     return SeriesStart(SeriesEvent(source, info.name, "start", t_received), info)
 
 
-def _mask_index(
+def _pixel_mask(
     msg: Mapping[str, object], channel: str, shape: tuple[int, int] | None, max_frame_bytes: int
-) -> np.ndarray:
+) -> dict[str, object]:
+    """``mask_index`` and ``mask_plan`` of the routed channel's pixel mask (none: empty)."""
     masks = msg.get("pixel_mask")
     if masks is None:
-        return _EMPTY_INDEX
+        return {}
     if not isinstance(masks, Mapping):
         raise FrameRejected(
             "bad_pixel_mask", f"'pixel_mask' must be a map channel -> array, got {short(masks)}"
         )
     if not channel or channel not in masks:
-        return _EMPTY_INDEX
+        return {}
     try:
         # uint32 masks are up to 4x the size of their (uint8) images
         mask = cbor_arrays.to_ndarray(masks[channel], max_bytes=4 * max_frame_bytes, what="pixel mask")
@@ -173,7 +177,7 @@ def _mask_index(
         raise FrameRejected("bad_pixel_mask", f"pixel mask is {mask.shape}, images are {shape}")
     if mask.dtype.kind not in "ui":
         raise FrameRejected("bad_pixel_mask", f"pixel mask must be integers, got {mask.dtype.name}")
-    return np.flatnonzero(mask)
+    return {"mask_index": np.flatnonzero(mask), "mask_plan": MaskPlan.from_mask(mask)}
 
 
 def _invalid_above(dtype: np.dtype, info: SeriesInfo | None) -> float | None:
@@ -211,6 +215,7 @@ def _decode_image(
     mask_index = info.mask_index if info is not None else _EMPTY_INDEX
     if mask_index.size and mask_index[-1] >= array.size:
         mask_index = _EMPTY_INDEX  # (shape checked above when known; a mask never indexes outside)
+    plan = info.mask_plan if info is not None and mask_index.size else None
     start, stop, real = (
         rational_field(msg, "start_time"),
         rational_field(msg, "stop_time"),
@@ -222,7 +227,7 @@ def _decode_image(
         offset = stop if stop is not None else start
         t_detector = series_date.timestamp() + (offset or 0.0)
     typed, extra = user_meta(msg.get("user_data"))
-    array, masked, invalid = clean_pixels(array, mask_index, _invalid_above(array.dtype, info))
+    array, masked, invalid = clean_pixels(array, mask_index, _invalid_above(array.dtype, info), plan)
     extra |= {"channel": routed, "masked_pixels": masked, "invalid_pixels": invalid}
     if info is not None:
         for key in ("saturation_value", "threshold_energy_eV", "count_time_s", "frame_time_s"):
