@@ -93,6 +93,9 @@ class PipelineSettings:
     backend: Literal["auto", "onnxruntime", "torch", "tensorrt", "triton"] = "onnxruntime"
     threads: int = 1
     """Intra-op threads for the inference backend (CPU)."""
+    backend_precision: Literal["auto", "fp32", "int8", "bf16"] = "auto"
+    """``auto``: an accepted int8 model (``operando-monitor quantize``) where the CPU has VNNI/AMX,
+    else fp32; ``int8``/``bf16``/``fp32`` force one (see ``engines.runtime.PRECISIONS``)."""
     options: dict[str, bool | int | float | str] = field(default_factory=dict)
     """Kind-specific settings, parsed by the pipeline with :func:`parse_options`."""
     saturation_value: float = 0.0
