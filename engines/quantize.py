@@ -61,12 +61,14 @@ def _segmentation_data(m: Manifest, n_calib: int) -> Iterator[dict[str, np.ndarr
     from engines.synth.xct import make_slice
     from engines.tiling import normalise_slice
 
-    size = int(m.extra.get("tile", {}).get("size", 128))  # type: ignore[union-attr]
+    size = int(m.extra.get("tile", {}).get("tile", 128))  # type: ignore[union-attr]
     rng = np.random.default_rng(CALIB_SEED0)
     for i in range(n_calib):
         img = normalise_slice(make_slice((512, 512), CALIB_SEED0 + i, growth=float(rng.uniform(0.2, 1.0)))[0])
         y, x = rng.integers(0, 512 - size + 1, 2)
-        yield {m.inputs[0].name: np.ascontiguousarray(img[None, None, y : y + size, x : x + size], np.float32)}
+        yield {
+            m.inputs[0].name: np.ascontiguousarray(img[None, None, y : y + size, x : x + size], np.float32)
+        }
 
 
 def _segmentation_eval(m: Manifest, predict: Predict, n_eval: int) -> Evaluation:

@@ -157,6 +157,7 @@ BENCHES: dict[str, str] = {
     "stream2": "monitor.bench.stream2:cli_main",
     "bluesky": "monitor.bench.bluesky:cli_main",
     "demo-latency": "monitor.bench.latency_report:cli_main",
+    "gpu": "monitor.bench.gpu:cli_main",
 }
 TRAINERS: dict[str, str] = {
     "early-warning": "engines.train.early_warning:cli_main",
@@ -331,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--no-progress", action="store_true")
         t.set_defaults(fn=fn)
 
-    q = sub.add_parser("quantize", help="int8 static quantisation of shipped models, kept if the metric holds")
+    q = sub.add_parser(
+        "quantize", help="int8 static quantisation of shipped models, kept if the metric holds"
+    )
     q.add_argument("models", nargs="+", help="model names (e.g. xct_unet_fast)")
     q.add_argument("--weights", default=None, help="weights directory (default: engines/weights)")
     q.add_argument("--calib", type=int, default=32, help="synthetic calibration samples")

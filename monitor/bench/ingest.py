@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from monitor.bench import host_info
 from monitor.config import (
     DaemonSettings,
     DashboardSettings,
@@ -29,7 +30,6 @@ from monitor.config import (
     SourceSettings,
     StoreSettings,
 )
-from monitor.bench import host_info
 from monitor.pipelines.frame_stats import FrameStatsOptions, frame_statistics
 from monitor.sim.ports import free_port
 from monitor.store import RunReader

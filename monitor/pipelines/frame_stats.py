@@ -163,7 +163,9 @@ class FrameStatsPipeline:
         self.settings = settings
         self.name = settings.name
         self.streams = settings.streams
-        self.options = parse_options(FrameStatsOptions, settings.options, f"pipelines.{settings.name}.options")
+        self.options = parse_options(
+            FrameStatsOptions, settings.options, f"pipelines.{settings.name}.options"
+        )
 
     def schema(self) -> ResultSchema:
         return ResultSchema(scalars=SCALARS)

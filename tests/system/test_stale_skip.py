@@ -16,8 +16,8 @@ from monitor.daemon import Daemon
 from monitor.frames import Frame
 from monitor.pipelines.base import Result
 from monitor.store import RunReader
-from tests.system.test_daemon_inprocess import SlowPipeline, _send
 from tests.helpers import free_port
+from tests.system.test_daemon_inprocess import SlowPipeline, _send
 
 COMPUTE_S = 0.3
 
