@@ -82,7 +82,7 @@ def model_throughput(weights: Path | None, seconds: float) -> dict[str, object]:
                 for batch in BATCHES:
                     feeds = {s.name: _example(s, m, batch) for s in m.inputs}
                     try:
-                        t = _time(lambda f=feeds: runner.infer(f), seconds)  # type: ignore[misc]
+                        t = _time(lambda f=feeds, r=runner: r.infer(f), seconds)  # type: ignore[misc]
                     except torch.cuda.OutOfMemoryError:
                         torch.cuda.empty_cache()
                         break
