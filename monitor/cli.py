@@ -169,6 +169,8 @@ BENCHES: dict[str, str] = {
     "alignment": "monitor.bench.alignment:cli_main",
     "stream2": "monitor.bench.stream2:cli_main",
     "bluesky": "monitor.bench.bluesky:cli_main",
+    "demo-latency": "monitor.bench.latency_report:cli_main",
+    "gpu": "monitor.bench.gpu:cli_main",
 }
 TRAINERS: dict[str, str] = {
     "early-warning": "engines.train.early_warning:cli_main",
@@ -205,6 +207,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or "INFO")
     return _dispatch(FINETUNERS, args.what, args)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from engines.quantize import quantize_model
+
+    setup_logging(args.log_level or "INFO")
+    kept = 0
+    for name in args.models:
+        r = quantize_model(
+            name, args.weights, n_calib=args.calib, n_eval=args.eval, tolerance=args.tolerance,
+            threads=args.threads,
+        )  # fmt: skip
+        metric = f"{r['metric']} fp32 {r['fp32']:.4f} int8 {r['int8']:.4f}" if "metric" in r else ""
+        verdict = "kept" if r["kept"] else f"not kept ({r.get('reason', '')})"
+        print(f"{name}: {metric} {verdict}".replace("  ", " "))
+        kept += bool(r["kept"])
+    return 0
 
 
 def cmd_export_triton(args: argparse.Namespace) -> int:
@@ -324,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="a small, fast run (smoke tests)")
     b.add_argument("--weights", default=None, help="weights directory (default: engines/weights)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+    b.add_argument("--run", default=None, help="run file (demo-latency)")
     b.set_defaults(fn=cmd_bench)
 
     for name, table, fn, what_help in (
@@ -341,6 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         t.add_argument("--no-progress", action="store_true")
         t.set_defaults(fn=fn)
+
+    q = sub.add_parser(
+        "quantize", help="int8 static quantisation of shipped models, kept if the metric holds"
+    )
+    q.add_argument("models", nargs="+", help="model names (e.g. xct_unet_fast)")
+    q.add_argument("--weights", default=None, help="weights directory (default: engines/weights)")
+    q.add_argument("--calib", type=int, default=32, help="synthetic calibration samples")
+    q.add_argument("--eval", type=int, default=8, help="held-out evaluation samples")
+    q.add_argument("--tolerance", type=float, default=0.005, help="largest metric drop accepted")
+    q.add_argument("--threads", type=int, default=2)
+    q.set_defaults(fn=cmd_quantize)
 
     et = sub.add_parser("export-triton", help="write a Triton model repository for the shipped models")
     et.add_argument("--out", required=True)

@@ -87,6 +87,9 @@ class PipelineSettings:
     max_batch: int = 1
     max_wait_ms: float = 0.0
     """How long a worker waits for more queued frames to fill ``max_batch`` (0: take what is there)."""
+    max_latency_ms: float = 0.0
+    """Frames received longer ago than this when the worker dequeues them are skipped with reason
+    ``stale`` (counted, stored) so results stay fresh under load; 0: process every frame."""
     # model pipelines
     model: str = ""
     """Model name in the registry (``engines/weights/<model>.json``); empty: the pipeline's default."""
@@ -95,6 +98,9 @@ class PipelineSettings:
     backend: Literal["auto", "onnxruntime", "torch", "tensorrt", "triton"] = "onnxruntime"
     threads: int = 1
     """Intra-op threads for the inference backend (CPU)."""
+    backend_precision: Literal["auto", "fp32", "int8", "bf16"] = "auto"
+    """``auto``: an accepted int8 model (``operando-monitor quantize``) where the CPU has VNNI/AMX,
+    else fp32; ``int8``/``bf16``/``fp32`` force one (see ``engines.runtime.PRECISIONS``)."""
     options: dict[str, bool | int | float | str] = field(default_factory=dict)
     """Kind-specific settings, parsed by the pipeline with :func:`parse_options`."""
     saturation_value: float = 0.0
@@ -407,6 +413,7 @@ def validate(cfg: MonitorConfig) -> MonitorConfig:
         _positive(p.queue_size, f"{key}.queue_size")
         _positive(p.max_batch, f"{key}.max_batch")
         _positive(p.max_wait_ms, f"{key}.max_wait_ms", allow_zero=True)
+        _positive(p.max_latency_ms, f"{key}.max_latency_ms", allow_zero=True)
         _positive(p.threads, f"{key}.threads")
         if not p.streams:
             raise ConfigError(f"{key}.streams", "must name at least one stream")

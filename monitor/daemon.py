@@ -29,6 +29,7 @@ import zmq
 import zmq.asyncio
 
 import monitor
+from engines.isa import detect as cpu_isa
 from monitor.aio import sleep_unless
 from monitor.alerts.ackguard import TokenGuard
 from monitor.alerts.manager import AlarmManager
@@ -90,6 +91,7 @@ def versions() -> dict[str, str]:
         "hdf5": h5py.version.hdf5_version,
         "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(),
+        "cpu": cpu_isa().summary(),  # the instructions inference can use here (int8/bf16 choice)
         **_model_backends(),
     }
 
@@ -336,6 +338,7 @@ class Daemon:
         self.alarms = AlarmManager(journal, sinks, latch)
         await self.recorder.open()
         log.info("recording to %s (journal %s)", self.store_path, self.journal_path)
+        log.info("CPU: %s", cpu_isa().summary())
         sup = self.supervisor
         self._worker_tasks = [
             sup.watch(asyncio.create_task(w.run(), name=f"pipeline:{w.name}"), f"pipeline:{w.name}",

@@ -145,34 +145,53 @@ class PipelineWorker:
                 )
         return BatchOutcome(results, live, points=points)
 
+    def drop_stale(self, batch: list[Frame], now: float | None = None) -> list[Frame]:
+        """Skip (reason ``stale``) the frames older than ``max_latency_ms``; return the rest."""
+        limit = self.settings.max_latency_ms / 1000.0
+        if limit <= 0:
+            return batch
+        now = time.time() if now is None else now
+        fresh = []
+        for f in batch:
+            if now - f.t_received > limit:
+                self.skip(f, "stale")
+            else:
+                fresh.append(f)
+        return fresh
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch: list[Frame] = []
+            work: list[Frame] | None = None
             try:
                 await gather_batch(
                     self.queue, self.settings.max_batch, self.settings.max_wait_ms / 1000.0, into=batch
                 )
+                work = self.drop_stale(batch)
+                if not work:
+                    continue
                 t_start = time.time()
                 try:
-                    outcome = await loop.run_in_executor(self._executor, self._compute, batch)
+                    outcome = await loop.run_in_executor(self._executor, self._compute, work)
                 except Exception as exc:  # noqa: BLE001 - outside process()'s errors: a fault
-                    self._fault(batch, exc)
+                    self._fault(work, exc)
                     continue
                 try:
-                    self._finish(batch, outcome, t_start)
+                    self._finish(work, outcome, t_start)
                 except Exception as exc:  # a bug after compute must not stop the worker
                     log.exception("pipeline %s: handling results failed", self.name)
-                    self._fail(batch, f"{type(exc).__name__}: {exc}", time.time())
+                    self._fail(work, f"{type(exc).__name__}: {exc}", time.time())
             except asyncio.CancelledError:
                 # Cancelled mid-batch (forced shutdown): account for the frames, then stop.
-                for f in batch:
+                for f in batch if work is None else work:
                     self.skip(f, "shutdown")
                 raise
             except Exception as exc:
                 # The worker itself is dying (a bug outside the batch): its frames still get rows;
                 # the supervisor then stores every later frame as failed (``run_dead``).
-                self._fail(batch, f"worker_dead: {type(exc).__name__}: {exc}", time.time())
+                dying = batch if work is None else work  # stale frames already have their row
+                self._fail(dying, f"worker_dead: {type(exc).__name__}: {exc}", time.time())
                 raise
             finally:
                 for _ in batch:
@@ -225,7 +244,7 @@ class PipelineWorker:
         for r in results:
             self._telemetry.processed[self.name] += 1
             self._telemetry.rate_out.mark()
-            self._telemetry.observe_latency(t_done - r.frame.t_received)
+            self._telemetry.observe_latency(t_done - r.frame.t_received, self.name)
             self._on_disposition(Disposition.for_frame(r.frame, self.name, Status.PROCESSED, "", t_done))
         for lf in outcome.live:
             self._on_live(lf)

@@ -83,6 +83,8 @@ class TelemetrySnapshot:
     upstream_gaps: int
     rejected_by_reason: tuple[tuple[str, int], ...] = ()
     skipped_by_reason: tuple[tuple[str, int], ...] = ()
+    latency_p99_ms_by_pipeline: tuple[tuple[str, float], ...] = ()
+    """Receive → result p99 of each pipeline's last frames (``max_latency_ms`` bounds it)."""
 
 
 @dataclass
@@ -94,12 +96,18 @@ class Telemetry:
     failed: Counter[str] = field(default_factory=Counter)  # by pipeline
     upstream_gaps: Counter[str] = field(default_factory=Counter)  # by source
     latency: LatencyWindow = field(default_factory=LatencyWindow)
+    pipeline_latency: dict[str, LatencyWindow] = field(default_factory=dict)
     rate_in: RateMeter = field(default_factory=RateMeter)
     rate_out: RateMeter = field(default_factory=RateMeter)
     queue_depth: int = 0
 
-    def observe_latency(self, seconds: float) -> None:
+    def observe_latency(self, seconds: float, pipeline: str = "") -> None:
         self.latency.add(seconds)
+        if pipeline:
+            window = self.pipeline_latency.get(pipeline)
+            if window is None:
+                window = self.pipeline_latency.setdefault(pipeline, LatencyWindow(512))
+            window.add(seconds)
 
     def snapshot(self) -> TelemetrySnapshot:
         p50, p99 = self.latency.percentiles()
@@ -118,4 +126,7 @@ class Telemetry:
             upstream_gaps=sum(self.upstream_gaps.values()),
             rejected_by_reason=tuple(sorted(self.rejected.items())),
             skipped_by_reason=tuple(sorted(self.skipped.items())),
+            latency_p99_ms_by_pipeline=tuple(
+                (name, w.percentiles()[1] * 1e3) for name, w in sorted(self.pipeline_latency.items())
+            ),
         )

@@ -123,6 +123,9 @@ class HealthPanel:
         ):
             body = ", ".join(f"{html.escape(r)} {n}" for r, n in pairs) if pairs else "none"
             breakdowns.append(f'<span style="color: {TEXT_MUTED}">{label}:</span> {body}')
+        if snap.latency_p99_ms_by_pipeline:
+            body = ", ".join(f"{html.escape(p)} {ms:.0f} ms" for p, ms in snap.latency_p99_ms_by_pipeline)
+            breakdowns.append(f'<span style="color: {TEXT_MUTED}">p99 by pipeline:</span> {body}')
         return (
             '<div class="om-counter-grid" style="font-family: system-ui, sans-serif;">'
             f'<div style="display: flex; flex-wrap: wrap; gap: 4px;">{"".join(cells)}</div>'

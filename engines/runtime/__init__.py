@@ -28,6 +28,11 @@ __all__ = [
 log = logging.getLogger("engines.runtime")
 
 BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt", "triton")
+PRECISIONS = ("auto", "fp32", "int8", "bf16")
+"""``backend_precision``: ``auto`` uses an accepted int8 model (``operando-monitor quantize``)
+on a CPU with int8 dot-product instructions (VNNI/AMX), else fp32; on CUDA, the backend's own
+default (fp16). ``int8`` uses the int8 model wherever it exists; ``bf16`` runs the torch module
+in bfloat16 on a CPU with AVX-512 BF16/AMX (ONNX Runtime's CPU provider has no bf16 kernels)."""
 
 _chosen: dict[str, str] = {}
 _chosen_lock = threading.Lock()
@@ -94,6 +99,11 @@ def create_runner(
     """A runner for a registry name, a :class:`Manifest` or an ``.onnx`` path (not yet activated)."""
     wd = Path(weights_dir) if weights_dir not in (None, "") else None
     manifest, path, directory = _resolve(model, wd)
+    if precision not in PRECISIONS + ("fp16",):
+        raise EngineError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    tag = ""
+    if manifest is not None and backend in ("onnxruntime", "auto") and not _cuda_available():
+        path, backend, precision, tag = _cpu_precision(manifest, path, directory, backend, precision)
     if manifest is not None:
         name, inputs, outputs = manifest.name, manifest.inputs, manifest.outputs
     else:
@@ -162,5 +172,39 @@ def create_runner(
     else:
         runner = build(backend)
     with _chosen_lock:
-        _chosen[name] = runner.describe() + (f"; sha256 {manifest.sha256}" if manifest else f"; {path}")
+        _chosen[name] = runner.describe() + tag + (f"; sha256 {manifest.sha256}" if manifest else f"; {path}")
     return runner
+
+
+def _cpu_precision(
+    manifest: Manifest, path: Path, directory: Path, backend: str, precision: str
+) -> tuple[Path, str, str, str]:
+    """(ONNX path, backend, precision, description tag) for ``backend_precision`` on a CPU."""
+    from engines.isa import detect
+    from engines.quantize import int8_manifest_for
+
+    isa = detect()
+    if precision in ("auto", "int8"):
+        q = int8_manifest_for(manifest, directory)
+        if q is not None and (precision == "int8" or isa.fast_int8):
+            log.info(
+                "model %s: int8 (%s, %s on the quantising CPU; this CPU: %s)",
+                manifest.name, q.onnx, q.extra.get("speedup_vs_fp32", "?"), isa.summary(),
+            )  # fmt: skip
+            return onnx_path(q, directory), "onnxruntime", "fp32", f"; int8 {q.onnx} sha256 {q.sha256[:12]}"
+        if precision == "int8":
+            log.warning(
+                "model %s: backend_precision int8 but no accepted int8 model (run `operando-monitor "
+                "quantize %s`): fp32",
+                manifest.name, manifest.name,
+            )  # fmt: skip
+        return path, backend, "fp32", ""
+    if precision == "bf16":
+        if not isa.fast_bf16:
+            log.warning("model %s: bf16 asked but this CPU has no bf16 instructions: fp32", manifest.name)
+            return path, backend, "fp32", ""
+        if not manifest.extra.get("torch"):
+            log.warning("model %s: bf16 needs the torch module, none in the manifest: fp32", manifest.name)
+            return path, backend, "fp32", ""
+        return path, "torch", "bf16", ""
+    return path, backend, precision, ""

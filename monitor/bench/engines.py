@@ -290,6 +290,8 @@ def _item_shape(spec: TensorSpec, manifest: Manifest) -> tuple[int, ...]:
 def shipped_models(weights: Path | None) -> list[BenchModel]:
     out = []
     for m in list_models(weights):
+        if m.extra.get("precision") == "int8":
+            continue  # measured as its fp32 parent's int8 variant (reduced_precision)
         m = load_manifest(m.name, weights)
         try:
             module: torch.nn.Module | None = torch_module_from_manifest(m, weights or onnx_path(m).parent)

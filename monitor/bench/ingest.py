@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from monitor.bench import host_info
 from monitor.config import (
     DaemonSettings,
     DashboardSettings,
@@ -29,7 +30,7 @@ from monitor.config import (
     SourceSettings,
     StoreSettings,
 )
-from monitor.pipelines.frame_stats import frame_statistics
+from monitor.pipelines.frame_stats import FrameStatsOptions, frame_statistics
 from monitor.sim.ports import free_port
 from monitor.store import RunReader
 
@@ -66,7 +67,7 @@ class _LatestStats:
                 if self._latest is None:
                     return
                 frame, self._latest = self._latest, None
-            frame_statistics(frame, 65535, 0)
+            frame_statistics(frame, 65535, 0, exact_pixels=FrameStatsOptions().exact_pixels)
             self.processed += 1
 
     def close(self) -> None:
@@ -176,6 +177,7 @@ def run_ingest_bench(
     results: dict[str, object] = {
         "benchmark": "ingest",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "host_at_start": host_info(),
         "method": (
             "raw = bare pyzmq PULL; daemon = array10 source -> router -> frame_stats pipeline "
             "(drop_oldest) -> HDF5 row for every frame; daemon_ingest_only = the same daemon with "
@@ -230,6 +232,7 @@ def run_ingest_bench(
         results["sizes"][str(size)] = entry  # type: ignore[index]
         print(json.dumps({str(size): entry}), file=sys.stderr)
     json_path.parent.mkdir(parents=True, exist_ok=True)
+    results["host_at_end"] = host_info()
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {json_path}")
     return 0

@@ -7,7 +7,10 @@ simulator sends them (module gaps at NODATA and listed in the start message's pi
   inside the messages: the floor, nothing else done.
 - ``ours``: :func:`decode_stream2` on the whole CBOR message: parse, route the channel,
   decompress, check sizes, zero masked and NODATA pixels, build the Frame.
-- ``ours_clean``/``library_clean``: the same without gaps and without a mask (zero-copy path).
+- ``ours_clean``/``library_clean``: the same without gaps and without a mask.
+
+Both of ours decompress through the library's C API into a writable buffer of our own and zero
+masked pixels in place (``monitor.sources.decompress_into``), so no frame is copied.
 - ``source``: messages over real ZeroMQ (PUSH thread → :class:`Stream2Source` PULL) until the
   last Frame is emitted (informative; shares the CPU with the sender thread).
 
@@ -35,6 +38,7 @@ import zmq
 import zmq.asyncio
 from dectris.compression import decompress
 
+from monitor.bench import host_info
 from monitor.config import SourceSettings
 from monitor.frames import Frame, IngestEvent
 from monitor.sim.stream2 import EIGER2_4M, detector_frames, detector_mask, image_message, start_message
@@ -160,6 +164,7 @@ def run_bench(out: Path, *, frames: int, rounds: int, shape: tuple[int, int]) ->
         "ratio_clean_cpu": round(cpu_fps["ours_clean"] / cpu_fps["library_clean"], 3),
         "load_average_before": [round(x, 2) for x in load],
         "target_ratio": 0.8,
+        "host_at_end": host_info(),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),

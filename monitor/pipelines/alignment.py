@@ -128,6 +128,7 @@ class AlignmentPipeline:
                 settings.backend,
                 threads=settings.threads,
                 weights_dir=settings.weights_dir or None,
+                precision=settings.backend_precision,
             )
             self.runner.activate()
             log.info(

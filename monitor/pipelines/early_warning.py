@@ -75,6 +75,7 @@ class EarlyWarningPipeline:
                 settings.backend,
                 threads=settings.threads,
                 weights_dir=settings.weights_dir or None,
+                precision=settings.backend_precision,
             )
             self.runner.activate()
         except EngineError as exc:

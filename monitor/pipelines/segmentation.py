@@ -100,7 +100,11 @@ class SegmentationPipeline:
         try:
             self.manifest = load_manifest(model, wd)
             self.runner = create_runner(
-                self.manifest, settings.backend, threads=settings.threads, weights_dir=wd
+                self.manifest,
+                settings.backend,
+                threads=settings.threads,
+                weights_dir=wd,
+                precision=settings.backend_precision,
             )
             self.runner.activate()
         except EngineError as exc:

@@ -119,7 +119,9 @@ def demo_config(
         run="demo",
         daemon=DaemonSettings(shutdown_timeout_s=10.0),
         sources=(SourceSettings(name="det1", kind="array10", endpoint=det_endpoint),),
-        pipelines=(PipelineSettings(name="stats", kind="frame_stats", streams=("frames",)),),
+        pipelines=(
+            PipelineSettings(name="stats", kind="frame_stats", streams=("frames",), max_latency_ms=300),
+        ),
         store=StoreSettings(directory=str(out_dir)),
         alerts=AlertSettings(
             zmq_pub=alarm_endpoint,

@@ -140,7 +140,9 @@ async def simulate_growth(
 def demo_part() -> DemoPart:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     source = SourceSettings(name="growth", kind="array10", endpoint=endpoint, stream=STREAM)
-    pipeline = PipelineSettings(name="early_warning", kind="early_warning", streams=(STREAM,), queue_size=32)
+    pipeline = PipelineSettings(
+        name="early_warning", kind="early_warning", streams=(STREAM,), queue_size=32, max_latency_ms=300
+    )
     rules = (
         RuleSettings(
             name="dendrite_risk",

@@ -117,6 +117,7 @@ def demo_part() -> DemoPart:
         streams=(STREAM,),
         queue_size=16,
         threads=2,
+        max_latency_ms=200,  # + one frame's compute: p99 receive -> result within 500 ms
         options={"max_particles": 16},
     )
     rules = (

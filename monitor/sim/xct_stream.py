@@ -157,6 +157,7 @@ def demo_part() -> DemoPart:
         streams=(STREAM,),
         queue_size=16,
         threads=2,
+        max_latency_ms=200,  # + one slice's compute: p99 receive -> result within 500 ms
         options={"volume_depth": DEPTH},
     )
 

@@ -6,7 +6,8 @@
 only the arrays that are actually used (one routed channel, one pixel mask), after checking
 the declared sizes against a limit, so a message cannot make us allocate more than we allow.
 Decompression is done by ``dectris-compression`` (bslz4, lz4 and Jungfraujoch's bszstd, all with
-HDF5 framing).
+HDF5 framing), into a writable buffer of our own (:mod:`monitor.sources.decompress_into`) so bad
+pixels are zeroed in place.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from types import MappingProxyType
 
 import cbor2
 import numpy as np
-from dectris.compression import decompress
 
 from monitor.errors import FrameRejected
+from monitor.sources.decompress_into import DecompressError, decompress_into
 
 TAG_MULTI_DIM = 40
 TAG_MULTI_DIM_COLUMN_MAJOR = 1040
@@ -286,9 +287,10 @@ def _declared_size(data: bytes | memoryview) -> int:
 def to_ndarray(value: object, *, max_bytes: int, what: str = "array") -> np.ndarray:
     """Decode a :class:`MultiDimArray` into a 2-D native-endian array, decompressing if needed.
 
-    The result is read-only when it is a zero-copy view of the message or of the decompressed
-    bytes. Raises :class:`FrameRejected` (``bad_array``, ``bad_dtype``, ``bad_shape``,
-    ``oversize``, ``size_mismatch``, ``bad_compression``).
+    A decompressed array is a writable buffer of its own (callers may clean it in place); an
+    uncompressed one is a read-only zero-copy view of the message. Raises
+    :class:`FrameRejected` (``bad_array``, ``bad_dtype``, ``bad_shape``, ``oversize``,
+    ``size_mismatch``, ``bad_compression``).
     """
     if not isinstance(value, MultiDimArray):
         raise FrameRejected("bad_array", f"{what} is not a tag-40 multi-dimensional array")
@@ -302,16 +304,16 @@ def to_ndarray(value: object, *, max_bytes: int, what: str = "array") -> np.ndar
     if expected > max_bytes:
         raise FrameRejected("oversize", f"{what} of {list(dims)} x {dtype.name} exceeds {max_bytes} bytes")
     content = value.content.content
-    if isinstance(content, CompressedBytes):
-        raw = _decompress(content, expected, what)
-    else:
-        raw = content
+    owned = isinstance(content, CompressedBytes)
+    raw = _decompress(content, expected, what) if owned else content
     if len(raw) != expected:
         raise FrameRejected(
             "size_mismatch", f"{what} has {len(raw)} bytes; {list(dims)} x {dtype.name} needs {expected}"
         )
     shape = dims[::-1] if value.column_major else dims
     array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    if not owned:
+        array.flags.writeable = False  # a view of the caller's message: never cleaned in place
     if value.column_major:
         array = np.ascontiguousarray(array.T)  # pipelines and the store expect C order
     if not dtype.isnative:
@@ -319,7 +321,7 @@ def to_ndarray(value: object, *, max_bytes: int, what: str = "array") -> np.ndar
     return array
 
 
-def _decompress(content: CompressedBytes, expected: int, what: str) -> bytes:
+def _decompress(content: CompressedBytes, expected: int, what: str) -> np.ndarray:
     if content.algorithm not in ALGORITHMS:
         raise FrameRejected(
             "bad_compression", f"{what}: unknown compression {content.algorithm[:20]!r} (bslz4, lz4, bszstd)"
@@ -336,8 +338,8 @@ def _decompress(content: CompressedBytes, expected: int, what: str) -> bytes:
             f"{what}: compressed stream declares {declared} bytes, the array needs {expected}",
         )
     try:
-        return decompress(content.data, content.algorithm, elem_size=max(content.elem_size, 1))
-    except (RuntimeError, ValueError) as exc:
+        return decompress_into(content.data, content.algorithm, max(content.elem_size, 1), expected)
+    except DecompressError as exc:
         raise FrameRejected(
             "bad_compression", f"{what}: {content.algorithm} stream is corrupt: {exc}"
         ) from None

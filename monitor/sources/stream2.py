@@ -37,6 +37,7 @@ from monitor.logutil import RateLimitedLog
 from monitor.sources import cbor_arrays
 from monitor.sources.array10 import GapCounter
 from monitor.sources.base import Emit, as_rejection
+from monitor.sources.pixel_mask import MaskPlan
 from monitor.sources.stream2_fields import (
     channels_field,
     clean_error_value,
@@ -87,6 +88,8 @@ class SeriesInfo:
     frame_time_s: float | None = None
     mask_index: np.ndarray = field(default_factory=lambda: _EMPTY_INDEX)
     """Flat indices of the pixels whose ``pixel_mask`` is non-zero (sorted)."""
+    mask_plan: MaskPlan | None = None
+    """The same pixels as row/column runs, to zero frames of the mask's shape in place."""
     mask_error: str = ""
     """Why the start message's ``pixel_mask`` was unusable ("" if fine or absent): the series runs
     without a mask rather than losing its saturation, shape, energy and thresholds."""
@@ -141,9 +144,10 @@ def _decode_start(
     saturation = count_field(msg, "saturation_value")
     if saturation is None:
         saturation = count_field(msg, "countrate_correction_count_cutoff")  # EIGER1 name
-    mask_index, mask_error = _EMPTY_INDEX, ""
+    mask_fields: dict[str, object] = {}
+    mask_error = ""
     try:
-        mask_index = _mask_index(msg, routed, shape, max_frame_bytes)
+        mask_fields = _pixel_mask(msg, routed, shape, max_frame_bytes)
     except FrameRejected as exc:  # bad_pixel_mask: keep the start, run without a mask
         mask_error = exc.detail
     thresholds = msg.get("threshold_energy", {})
@@ -161,25 +165,26 @@ def _decode_start(
         threshold_energy_eV=number_field(thresholds, routed) if routed else None,
         count_time_s=number_field(msg, "count_time"),
         frame_time_s=number_field(msg, "frame_time"),
-        mask_index=mask_index,
         mask_error=mask_error,
         error_value=error_value_field(msg),
+        **mask_fields,
     )
     return SeriesStart(SeriesEvent(source, info.name, "start", t_received), info)
 
 
-def _mask_index(
+def _pixel_mask(
     msg: Mapping[str, object], channel: str, shape: tuple[int, int] | None, max_frame_bytes: int
-) -> np.ndarray:
+) -> dict[str, object]:
+    """``mask_index`` and ``mask_plan`` of the routed channel's pixel mask (none: empty)."""
     masks = msg.get("pixel_mask")
     if masks is None:
-        return _EMPTY_INDEX
+        return {}
     if not isinstance(masks, Mapping):
         raise FrameRejected(
             "bad_pixel_mask", f"'pixel_mask' must be a map channel -> array, got {short(masks)}"
         )
     if not channel or channel not in masks:
-        return _EMPTY_INDEX
+        return {}
     try:
         # uint32 masks are up to 4x the size of their (uint8) images
         mask = cbor_arrays.to_ndarray(masks[channel], max_bytes=4 * max_frame_bytes, what="pixel mask")
@@ -189,7 +194,7 @@ def _mask_index(
         raise FrameRejected("bad_pixel_mask", f"pixel mask is {mask.shape}, images are {shape}")
     if mask.dtype.kind not in "ui":
         raise FrameRejected("bad_pixel_mask", f"pixel mask must be integers, got {mask.dtype.name}")
-    return np.flatnonzero(mask)
+    return {"mask_index": np.flatnonzero(mask), "mask_plan": MaskPlan.from_mask(mask)}
 
 
 def _invalid_above(dtype: np.dtype, info: SeriesInfo | None) -> float | None:
@@ -227,6 +232,7 @@ def _decode_image(
     mask_index = info.mask_index if info is not None else _EMPTY_INDEX
     if mask_index.size and mask_index[-1] >= array.size:
         mask_index = _EMPTY_INDEX  # (shape checked above when known; a mask never indexes outside)
+    plan = info.mask_plan if info is not None and mask_index.size else None
     start, stop, real = (
         rational_field(msg, "start_time"),
         rational_field(msg, "stop_time"),
@@ -239,7 +245,7 @@ def _decode_image(
         t_detector = series_date.timestamp() + (offset or 0.0)
     typed, extra = user_meta(msg.get("user_data"))
     invalid_above = _invalid_above(array.dtype, info)
-    array, masked, invalid = clean_pixels(array, mask_index, invalid_above)
+    array, masked, invalid = clean_pixels(array, mask_index, invalid_above, plan)
     if info is not None and info.error_value is not None:
         array, n_error = clean_error_value(array, info.error_value, invalid_above)
         invalid += n_error

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from monitor.errors import FrameRejected
+from monitor.sources.pixel_mask import MaskPlan
 
 TYPED_META = ("energy_eV", "slice_z", "cycle", "step", "current_mA")
 """``user_data`` keys that become typed :class:`~monitor.frames.FrameMeta` fields."""
@@ -89,23 +90,35 @@ def channels_field(msg: Mapping[str, object]) -> tuple[str, ...]:
 
 
 def clean_pixels(
-    array: np.ndarray, mask_index: np.ndarray, invalid_above: float | None
+    array: np.ndarray,
+    mask_index: np.ndarray,
+    invalid_above: float | None,
+    plan: MaskPlan | None = None,
 ) -> tuple[np.ndarray, int, int]:
     """Set masked pixels and pixels above ``invalid_above`` to 0; return (array, masked, invalid).
 
-    ``array`` is returned unchanged (no copy) when there is nothing to clean; otherwise a copy.
+    A writable C-contiguous ``array`` (a decompressed buffer of our own) is cleaned in place;
+    a read-only one (a view of the message) is copied first, and only if there is something to
+    clean. ``plan`` (the same pixels as ``mask_index``, as row/column runs) is used when it
+    fits the array's shape. The result is read-only: frames are not modified downstream.
     """
+    in_place = array.flags.writeable and array.flags.c_contiguous
     out = array
     if mask_index.size:
-        out = np.array(array, order="C")  # a writable copy (the decoded buffer is read-only)
-        out.reshape(-1)[mask_index] = 0
+        if not in_place:
+            out = np.array(array, order="C")
+        if plan is not None and plan.shape == out.shape:
+            plan.apply(out)
+        else:
+            out.reshape(-1)[mask_index] = 0
     invalid = 0
     if invalid_above is not None and out.max() > invalid_above:
         bad = out > invalid_above
         invalid = int(np.count_nonzero(bad))
-        if out is array:
+        if out is array and not in_place:
             out = np.array(array, order="C")
         out[bad] = 0
+    out.flags.writeable = False
     return out, int(mask_index.size), invalid
 
 

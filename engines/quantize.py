@@ -1,0 +1,241 @@
+"""int8 static quantisation of a shipped model, kept only where its metric holds.
+
+``operando-monitor quantize MODEL`` (:func:`quantize_model`):
+
+1. calibrate on synthetic data from seeds of their own (``CALIB_SEED0 …``, used neither in
+   training nor in any evaluation), ONNX Runtime ``quantize_static`` in QDQ format, weights
+   int8 per output channel, activations uint8;
+2. evaluate fp32 and int8 on the same held-out data (the seeds of ``bench segmentation``) with
+   the model's own metric (mIoU for segmentation);
+3. keep ``<model>_int8.onnx`` + ``<model>_int8.json`` (its own manifest: metrics, fp32 metric,
+   quantisation config, the CPU it was measured on, speed ratio) only if the int8 metric is
+   within ``tolerance`` (0.005) of fp32; otherwise remove both. A report goes to
+   ``reports/quantize/<model>.json`` either way.
+
+Models whose task has no evaluator here (early warning AUROC, particle F1: their evaluation
+lives with their training) are reported as not quantised. Re-run the command after retraining:
+the int8 manifest records the fp32 model's sha256, and the runtime ignores an int8 model whose
+fp32 parent has changed (:func:`int8_manifest_for`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engines.errors import EngineError
+from engines.isa import detect
+from engines.registry import WEIGHTS_DIR, Manifest, load_manifest, onnx_path, sha256_file
+
+log = logging.getLogger("engines.quantize")
+
+CALIB_SEED0 = 970_000
+"""Calibration seeds: disjoint from training (< 900 000) and from the bench's held-out seeds."""
+EVAL_SEED0 = 950_000
+"""Held-out evaluation seeds (the same as ``bench segmentation``)."""
+TOLERANCE = 0.005
+INT8_SUFFIX = "_int8"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metric: str
+    value: float
+    seconds: float
+    """Wall time of the evaluation (all slices, same path as the pipeline)."""
+    pixels: int
+
+
+Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def _segmentation_data(m: Manifest, n_calib: int) -> Iterator[dict[str, np.ndarray]]:
+    from engines.synth.xct import make_slice
+    from engines.tiling import normalise_slice
+
+    size = int(m.extra.get("tile", {}).get("tile", 128))  # type: ignore[union-attr]
+    rng = np.random.default_rng(CALIB_SEED0)
+    for i in range(n_calib):
+        img = normalise_slice(make_slice((512, 512), CALIB_SEED0 + i, growth=float(rng.uniform(0.2, 1.0)))[0])
+        y, x = rng.integers(0, 512 - size + 1, 2)
+        yield {
+            m.inputs[0].name: np.ascontiguousarray(img[None, None, y : y + size, x : x + size], np.float32)
+        }
+
+
+def _segmentation_eval(m: Manifest, predict: Predict, n_eval: int) -> Evaluation:
+    from engines.synth.xct import N_CLASSES, make_slice
+    from engines.tiling import TileSpec, labels_from_probs, normalise_slice, tiled_predict
+    from engines.train.segmentation_data import confusion, scores, slice_growth
+
+    tile = TileSpec(**m.extra["tile"])  # type: ignore[arg-type]
+    name_in, name_out = m.inputs[0].name, m.outputs[0].name
+    conf = np.zeros((N_CLASSES, N_CLASSES), np.int64)
+    seconds, pixels = 0.0, 0
+    for i in range(n_eval):
+        img, lab = make_slice((512, 512), EVAL_SEED0 + i, growth=slice_growth(EVAL_SEED0 + i))
+        t0 = time.perf_counter()
+        probs = tiled_predict(normalise_slice(img), lambda b: predict({name_in: b})[name_out], tile)
+        labels = labels_from_probs(probs)
+        seconds += time.perf_counter() - t0
+        pixels += img.size
+        conf += confusion(labels, lab)
+    return Evaluation("mIoU", float(scores(conf).miou), seconds, pixels)
+
+
+EVALUATORS: dict[str, tuple[Callable[..., Iterator[dict[str, np.ndarray]]], Callable[..., Evaluation]]] = {
+    "segmentation": (_segmentation_data, _segmentation_eval),
+}
+"""task → (calibration data, evaluation). Tasks without one are not quantised."""
+
+
+def int8_manifest_for(m: Manifest, weights_dir: Path | str | None = None) -> Manifest | None:
+    """The accepted int8 sibling of fp32 manifest ``m`` (checked), or ``None``."""
+    d = Path(weights_dir) if weights_dir not in (None, "") else WEIGHTS_DIR
+    path = d / f"{m.name}{INT8_SUFFIX}.json"
+    if not path.is_file():
+        return None
+    try:
+        q = load_manifest(path.stem, d)
+    except EngineError as exc:
+        log.warning("model %s: int8 model not usable: %s", m.name, exc)
+        return None
+    if q.extra.get("fp32_sha256") != m.sha256:
+        log.warning(
+            "model %s: %s was quantised from another fp32 model (re-run `operando-monitor quantize %s`); "
+            "using fp32",
+            m.name,
+            path.name,
+            m.name,
+        )
+        return None
+    return q
+
+
+def _quantize(src: Path, dst: Path, data: list[dict[str, np.ndarray]]) -> dict[str, object]:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(data)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    config = {
+        "tool": "onnxruntime.quantization.quantize_static",
+        "format": "QDQ",
+        "weights": "int8 per channel",
+        "activations": "uint8",
+        "calibration": "MinMax",
+        "calibration_samples": len(data),
+        "calibration_seeds": [CALIB_SEED0, CALIB_SEED0 + len(data) - 1],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+    return config
+
+
+def quantize_model(
+    name: str,
+    weights_dir: Path | str | None = None,
+    *,
+    n_calib: int = 32,
+    n_eval: int = 8,
+    tolerance: float = TOLERANCE,
+    threads: int = 2,
+    report_dir: Path | str | None = None,
+) -> dict[str, object]:
+    """Quantise ``name``; keep the int8 model only within ``tolerance`` of fp32. Returns the report."""
+    from engines.runtime import create_runner
+
+    d = Path(weights_dir) if weights_dir not in (None, "") else WEIGHTS_DIR
+    m = load_manifest(name, d)
+    isa = detect()
+    report: dict[str, object] = {
+        "model": name,
+        "fp32_sha256": m.sha256,
+        "cpu": isa.as_dict(),
+        "tolerance": tolerance,
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if m.task not in EVALUATORS:
+        report |= {"kept": False, "reason": f"no evaluator for task {m.task!r} here: not quantised"}
+        _write_report(report, d, report_dir)
+        return report
+    calibration, evaluate = EVALUATORS[m.task]
+    dst = d / f"{name}{INT8_SUFFIX}.onnx"
+    config = _quantize(onnx_path(m, d), dst, list(calibration(m, n_calib)))
+    with (
+        create_runner(m, "onnxruntime", threads=threads, weights_dir=d, precision="fp32") as fp32,
+        create_runner(dst, "onnxruntime", threads=threads) as int8,
+    ):
+        ref = evaluate(m, fp32.infer, n_eval)
+        got = evaluate(m, int8.infer, n_eval)
+    delta = got.value - ref.value
+    kept = delta >= -tolerance
+    report |= {
+        "metric": ref.metric,
+        "fp32": ref.value,
+        "int8": got.value,
+        "delta": delta,
+        "fp32_mpx_per_s": ref.pixels / ref.seconds / 1e6,
+        "int8_mpx_per_s": got.pixels / got.seconds / 1e6,
+        "speedup_vs_fp32": ref.seconds / got.seconds,
+        "quantization": config,
+        "kept": kept,
+    }
+    manifest_path = d / f"{name}{INT8_SUFFIX}.json"
+    if kept:
+        q = dataclasses.replace(
+            m,
+            name=f"{name}{INT8_SUFFIX}",
+            metrics={f"{ref.metric}": round(got.value, 4), f"fp32_{ref.metric}": round(ref.value, 4)},
+            training=dict(m.training) | {"quantize_command": f"operando-monitor quantize {name}"},
+            onnx=dst.name,
+            sha256=sha256_file(dst),
+            extra=dict(m.extra)
+            | {
+                "precision": "int8",
+                "fp32_model": name,
+                "fp32_sha256": m.sha256,
+                "quantization": config,
+                "measured_on": isa.summary(),
+                "speedup_vs_fp32": round(ref.seconds / got.seconds, 3),
+            },
+        )
+        manifest_path.write_text(q.to_json(), encoding="utf-8")
+        log.info("%s: int8 kept (%s %.4f vs fp32 %.4f), %.2fx", name, ref.metric, got.value, ref.value,
+                 ref.seconds / got.seconds)  # fmt: skip
+    else:
+        dst.unlink(missing_ok=True)
+        manifest_path.unlink(missing_ok=True)
+        report["reason"] = f"{ref.metric} {got.value:.4f} is more than {tolerance} below fp32 {ref.value:.4f}"
+        log.warning("%s: int8 rejected: %s", name, report["reason"])
+    _write_report(report, d, report_dir)
+    return report
+
+
+def _write_report(report: dict[str, object], weights_dir: Path, report_dir: Path | str | None) -> None:
+    out = Path(report_dir) if report_dir else weights_dir / "reports" / "quantize"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{report['model']}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
