@@ -156,6 +156,7 @@ BENCHES: dict[str, str] = {
     "alignment": "monitor.bench.alignment:cli_main",
     "stream2": "monitor.bench.stream2:cli_main",
     "bluesky": "monitor.bench.bluesky:cli_main",
+    "sinks": "monitor.bench.sinks:cli_main",
 }
 TRAINERS: dict[str, str] = {
     "early-warning": "engines.train.early_warning:cli_main",

@@ -176,15 +176,18 @@ class TiledSink:
             self.outcomes["written"] += 1
 
     def _write(self, pipeline: str, block: np.ndarray) -> None:
-        array = self._arrays.get(pipeline)
-        if array is None and pipeline in self._run:
-            array = self._arrays[pipeline] = self._run[pipeline]
-        if array is None:
+        """One request per flush: create the array, or extend it at the row count we know."""
+        entry = self._arrays.get(pipeline)
+        if entry is None and pipeline in self._run:  # reconnected: ask the server how far it got
+            array = self._run[pipeline]
+            entry = self._arrays[pipeline] = [array, array.shape[0]]
+        if entry is None:
             metadata = {"columns": list(self.columns[pipeline]), "pipeline": pipeline}
-            self._arrays[pipeline] = self._run.write_array(block, key=pipeline, metadata=metadata)
+            array = self._run.write_array(block, key=pipeline, metadata=metadata)
+            self._arrays[pipeline] = [array, block.shape[0]]
             return
-        array.refresh()
-        array.patch(block, offset=(array.shape[0],), extend=True)
+        entry[0].patch(block, offset=(entry[1],), extend=True)
+        entry[1] += block.shape[0]
 
     def _finish(self) -> None:
         try:
