@@ -16,6 +16,7 @@ A missing or failing server is a log line (then at most one every 30 s) and a co
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -97,8 +98,6 @@ class TiledSink:
     async def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
-        import asyncio
-
         await asyncio.to_thread(self._thread.join, self.settings.timeout_s * 3)
         if self._thread.is_alive():
             log.error("tiled: writer thread still busy at shutdown; %d rows not written", self._n_pending)
