@@ -132,6 +132,10 @@ class QueueServerAdapter:
                 "queueserver: RE Manager at %s did not answer (%s); alarm %s not acted on",
                 self.settings.zmq_control_addr, exc or type(exc).__name__, a.id,
             )  # fmt: skip
+        except ImportError as exc:
+            outcome = "error"
+            record["error"] = f"bluesky-queueserver-api is not installed: {exc}"
+            log.error("queueserver: %s (pip install bluesky-queueserver-api)", record["error"])
         except (ValueError, TypeError, KeyError, RuntimeError) as exc:  # API parameter / protocol errors
             outcome = "error"
             record["error"] = f"{type(exc).__name__}: {exc}"
