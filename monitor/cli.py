@@ -91,6 +91,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         from monitor.sim.stream2 import cli_simulate
 
         return cli_simulate(args)
+    if args.protocol == "ndpluginzmq":
+        from monitor.sim.areadetector import cli_simulate as ad_simulate
+
+        return ad_simulate(args)
     if args.protocol == "bluesky":
         from monitor.sim.bluesky_demo import cli_simulate as bluesky_simulate
 
@@ -171,6 +175,7 @@ BENCHES: dict[str, str] = {
     "bluesky": "monitor.bench.bluesky:cli_main",
     "demo-latency": "monitor.bench.latency_report:cli_main",
     "gpu": "monitor.bench.gpu:cli_main",
+    "sinks": "monitor.bench.sinks:cli_main",
 }
 TRAINERS: dict[str, str] = {
     "early-warning": "engines.train.early_warning:cli_main",
@@ -269,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc.set_defaults(fn=cmd_recover)
 
     s = sub.add_parser("simulate", help="stream synthetic detector frames")
-    s.add_argument("--protocol", default="array10", choices=["array10", "stream2", "bluesky"])
+    s.add_argument("--protocol", default="array10", choices=["array10", "stream2", "bluesky", "ndpluginzmq"])
     s.add_argument("--endpoint", required=True, help="e.g. tcp://127.0.0.1:5555")
     s.add_argument("--rate", type=float, default=10.0, help="frames per second (0: as fast as possible)")
     s.add_argument("--shape", type=int, nargs=2, default=[512, 512], metavar=("Y", "X"))
@@ -281,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--compression", default="bslz4", choices=["bslz4", "lz4", "none"], help="stream2 only")
     s.add_argument("--channels", nargs="+", default=["threshold_1"], help="stream2 only: channel names")
+    s.add_argument(
+        "--codec", default="none", choices=["none", "lz4", "blosc", "zlib"], help="ndpluginzmq only"
+    )
     s.set_defaults(fn=cmd_simulate)
 
     rp = sub.add_parser("replay", help="run a file through a pipeline offline (same result layout)")

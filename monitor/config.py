@@ -218,6 +218,22 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class TiledSettings:
+    """Tiled sink (``monitor.tiled_sink``): results and run metadata written live to a Tiled server."""
+
+    enabled: bool = False
+    uri: str = "http://127.0.0.1:8000"
+    api_key: str = ""
+    """Empty: read TILED_API_KEY."""
+    container: str = ""
+    """Parent container path on the server (must exist); empty: the root."""
+    flush_interval_s: float = 1.0
+    max_pending_rows: int = 100_000
+    """Rows kept while the server is unreachable; older ones are dropped (counted) beyond this."""
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class MonitorConfig:
     run: str = "run"
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
@@ -227,6 +243,7 @@ class MonitorConfig:
     alerts: AlertSettings = field(default_factory=AlertSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    tiled: TiledSettings = field(default_factory=TiledSettings)
 
     def operator_token(self) -> str:
         return self.dashboard.operator_token or os.environ.get("OPERANDO_OPERATOR_TOKEN", "")
@@ -454,6 +471,12 @@ def validate(cfg: MonitorConfig) -> MonitorConfig:
     _positive(cfg.dashboard.update_ms, "dashboard.update_ms")
     if not 0 <= cfg.dashboard.port < 65536:
         raise ConfigError("dashboard.port", f"must be 0..65535, got {cfg.dashboard.port}")
+    if cfg.tiled.enabled:
+        _positive(cfg.tiled.flush_interval_s, "tiled.flush_interval_s")
+        _positive(cfg.tiled.max_pending_rows, "tiled.max_pending_rows")
+        _positive(cfg.tiled.timeout_s, "tiled.timeout_s")
+        if not cfg.tiled.uri.startswith(("http://", "https://")):
+            raise ConfigError("tiled.uri", f"must be an http(s) URL, got {cfg.tiled.uri!r}")
     if not 0 <= cfg.metrics.port < 65536:
         raise ConfigError("metrics.port", f"must be 0..65535, got {cfg.metrics.port}")
     return cfg

@@ -44,7 +44,22 @@ class Integrations:
 
             journal = JournalSink(daemon.journal_path)
             self.adapters["queueserver"] = QueueServerAdapter(self.cfg.alerts.queueserver, journal)
+        if self.cfg.tiled.enabled:
+            self.adapters["tiled"] = self._tiled(daemon)
         return [a for a in self.adapters.values() if hasattr(a, "emit")]
+
+    def _tiled(self, daemon: Any) -> Any:
+        import time
+
+        from monitor.daemon import versions
+        from monitor.tiled_sink import TiledSink, run_metadata
+
+        schemas = {p.name: tuple(p.schema().scalars) for p in daemon.pipelines}
+        sources = [s.name for s in self.cfg.sources]
+        meta = run_metadata(self.cfg.run, time.time(), sources, versions(), schemas, daemon.config_text)
+        sink = TiledSink(self.cfg.tiled, daemon.store_path.stem, schemas, meta)
+        sink.start()
+        return sink
 
     def on_disposition(self, d: Disposition) -> None:
         if self.metrics is not None:

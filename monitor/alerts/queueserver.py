@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 from monitor.alerts.model import AlarmEvent, Severity
@@ -41,8 +41,8 @@ class QueueServerAdapter:
     def __init__(self, settings: QueueServerSettings, journal: JournalSink | None = None) -> None:
         self.settings = settings
         self.outcomes: Counter[str] = Counter()
-        self.records: list[dict[str, object]] = []
-        """Every action record written (also in the journal)."""
+        self.records: deque[dict[str, object]] = deque(maxlen=100)
+        """The latest action records (all of them are in the journal)."""
         self._journal = journal
         self._api: Any = None
         self._api_tasks: set[asyncio.Task[Any]] = set()
@@ -132,6 +132,10 @@ class QueueServerAdapter:
                 "queueserver: RE Manager at %s did not answer (%s); alarm %s not acted on",
                 self.settings.zmq_control_addr, exc or type(exc).__name__, a.id,
             )  # fmt: skip
+        except ImportError as exc:
+            outcome = "error"
+            record["error"] = f"bluesky-queueserver-api is not installed: {exc}"
+            log.error("queueserver: %s (pip install bluesky-queueserver-api)", record["error"])
         except (ValueError, TypeError, KeyError, RuntimeError) as exc:  # API parameter / protocol errors
             outcome = "error"
             record["error"] = f"{type(exc).__name__}: {exc}"

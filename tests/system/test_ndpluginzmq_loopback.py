@@ -56,3 +56,41 @@ async def test_salvaged_frames_are_counted_and_kept() -> None:
     assert all(abs(f.t_detector - time.time()) < 60 for f in frames)  # EPICS stamp became Unix time
     assert dict(src.salvaged) == {"ndattr_repaired": 1, "ndattr_dropped": 1}
     assert [e.reason for e in events if isinstance(e, Rejection)] == ["unsupported_encoding"]
+
+
+async def test_ndpluginzmq_simulator_round_trip() -> None:
+    """`simulate --protocol ndpluginzmq` (lz4) → Array10Source: every frame salvaged, pixel-exact."""
+    from monitor.sim.areadetector import run_areadetector_simulator
+    from monitor.sim.array10 import synthetic_frames
+
+    ctx = zmq.asyncio.Context()
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    src = Array10Source(SourceSettings(name="ad", kind="array10", endpoint=endpoint, mode="bind"), ctx)
+    events: list[IngestEvent] = []
+
+    async def emit(e: IngestEvent) -> None:
+        events.append(e)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(src.run(emit, stop))
+    try:
+        await run_areadetector_simulator(
+            endpoint, rate_hz=0, shape=(40, 56), count=20, codec="lz4", mode="connect", seed=3
+        )
+        deadline = time.monotonic() + 10
+        while len(events) < 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 2)
+        ctx.destroy(0)
+    frames = [e for e in events if isinstance(e, Frame)]
+    assert [f.index for f in frames] == list(range(1, 21))
+    expected = synthetic_frames((40, 56), dtype="uint16", seed=3)
+    for f in frames:
+        assert np.array_equal(f.array, next(expected))
+        assert f.meta.extra["ndattr_repaired"] is True and f.meta.extra["FilePath"].startswith("C:\\data\\")
+        assert abs(f.t_detector - time.time()) < 60
+    assert [f.index for f in frames if math.isnan(f.meta.extra["Temperature"])] == [10, 20]
+    assert src.salvaged == {"ndattr_repaired": 20}

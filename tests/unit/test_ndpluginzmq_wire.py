@@ -23,11 +23,18 @@ import hdf5plugin
 import lz4.block
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from monitor.errors import FrameRejected
 from monitor.frames import Frame
 from monitor.sources.ad_codec import bshuf_default_block_bytes, decode_codec
-from monitor.sources.ad_header import EPICS_EPOCH_OFFSET_S, parse_header_tolerant, to_unix_time
+from monitor.sources.ad_header import (
+    EPICS_EPOCH_OFFSET_S,
+    HeaderUnreadable,
+    parse_header_tolerant,
+    to_unix_time,
+)
 from monitor.sources.array10 import decode_array10
 
 T_NOW = time.time()
@@ -211,3 +218,29 @@ def test_blosc_bomb_refused_before_decompressing() -> None:
     with pytest.raises(FrameRejected) as info:
         decode_codec("blosc", memoryview(bytes(data)), PIXELS.nbytes, 2)
     assert info.value.reason == "bad_compression"
+
+
+# --- fuzz: bytes in, a header / frame or a stable rejection out ----------------------------
+
+_PREFIX = b'{"htype":["array-1.0"], "type":"uint8", "shape":[4,2], "frame":1, "ndattr":{'
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=80))
+def test_fuzzed_ndattr_never_escapes(tail: bytes) -> None:
+    try:
+        parsed = parse_header_tolerant(_PREFIX + tail + b"}}")
+    except HeaderUnreadable:
+        return
+    assert isinstance(parsed.header, dict) and parsed.repair in ("", "ndattr_repaired", "ndattr_dropped")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["lz4", "blosc", "bslz4", "lz4hdf5", "zlib", "jpeg", "h264"]), st.binary(max_size=200))
+def test_fuzzed_codec_bytes_only_reject(codec: str, data: bytes) -> None:
+    try:
+        out = decode_codec(codec, memoryview(data), 64, 2)
+    except FrameRejected as exc:
+        assert exc.reason in ("bad_compression", "size_mismatch", "unsupported_encoding")
+        return
+    assert len(out) == 64
