@@ -169,6 +169,7 @@ BENCHES: dict[str, str] = {
     "alignment": "monitor.bench.alignment:cli_main",
     "stream2": "monitor.bench.stream2:cli_main",
     "bluesky": "monitor.bench.bluesky:cli_main",
+    "soak": "monitor.bench.soak:cli_main",
 }
 TRAINERS: dict[str, str] = {
     "early-warning": "engines.train.early_warning:cli_main",
@@ -311,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="a small, fast run (smoke tests)")
     b.add_argument("--weights", default=None, help="weights directory (default: engines/weights)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+    b.add_argument("--minutes", type=float, default=None, help="soak: minutes per flush interval")
+    b.add_argument("--flush", type=float, nargs="*", default=None, help="soak: store flush intervals (s)")
     b.set_defaults(fn=cmd_bench)
 
     for name, table, fn, what_help in (

@@ -27,7 +27,7 @@ from monitor.errors import FrameRejected, SourceError
 from monitor.frames import Frame, FrameMeta, Rejection, SeriesEvent
 from monitor.logutil import RateLimitedLog
 from monitor.sources.base import Emit, as_rejection
-from monitor.sources.zmqsock import PeerEvents, max_message_bytes, open_receive_socket
+from monitor.sources.zmqsock import GapCounter, PeerEvents, max_message_bytes, open_receive_socket
 
 log = logging.getLogger("monitor.sources.array10")
 
@@ -37,6 +37,8 @@ _DTYPE_NAMES = "uint8 uint16 uint32 uint64 int8 int16 int32 int64 float32 float6
 DTYPES: Mapping[str, np.dtype] = MappingProxyType({name: np.dtype(name) for name in _DTYPE_NAMES})
 MAX_HEADER_BYTES = 1 << 20
 """A JSON header larger than this is rejected (``oversize``) before it is decoded."""
+
+__all__ = ["REASONS", "Array10Rejected", "Array10Source", "GapCounter", "decode_array10"]
 
 REASONS = tuple(
     "missing_parts extra_parts bad_json not_an_object bad_htype bad_dtype bad_shape size_mismatch oversize "
@@ -271,30 +273,6 @@ def decode_array10(
         t_received=t_received,
         meta=meta,
     )
-
-
-class GapCounter:
-    """Counts frame numbers skipped by the sender's numbering, per stream within a series."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self._last: dict[str, tuple[str, int]] = {}
-
-    def observe(self, stream: str, series: str, index: int) -> int:
-        """Record a received frame number; return how many numbers it skipped (0 if none)."""
-        if index < 0:
-            return 0
-        prev = self._last.get(stream)
-        self._last[stream] = (series, index)
-        if prev is None or prev[0] != series or index <= prev[1] + 1:
-            return 0  # first frame, new series, in order, or a backwards jump (restart): reset
-        missing = index - prev[1] - 1
-        self.total += missing
-        return missing
-
-    def reset(self, series: str) -> None:
-        """A series started or ended: forget what we know about its numbering."""
-        self._last = {k: v for k, v in self._last.items() if v[0] != series}
 
 
 class Array10Source:

@@ -34,7 +34,6 @@ from monitor.config import SourceSettings
 from monitor.errors import FrameRejected, SourceError
 from monitor.frames import Frame, FrameMeta, Rejection, SeriesEvent
 from monitor.logutil import RateLimitedLog
-from monitor.sources.array10 import GapCounter
 from monitor.sources.base import Emit, as_rejection
 from monitor.sources.bluesky_docs import (
     DatumDoc,
@@ -51,7 +50,7 @@ from monitor.sources.bluesky_docs import (
     decode_message,
 )
 from monitor.sources.hdf5_resolve import AD_HDF5_DATASET, Hdf5Frames, ad_hdf5_location, map_root
-from monitor.sources.zmqsock import max_message_bytes
+from monitor.sources.zmqsock import GapCounter, max_message_bytes
 
 log = logging.getLogger("monitor.sources.bluesky")
 

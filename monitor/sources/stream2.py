@@ -35,7 +35,6 @@ from monitor.errors import FrameRejected, SourceError
 from monitor.frames import Frame, FrameMeta, Rejection, SeriesEvent
 from monitor.logutil import RateLimitedLog
 from monitor.sources import cbor_arrays
-from monitor.sources.array10 import GapCounter
 from monitor.sources.base import Emit, as_rejection
 from monitor.sources.stream2_fields import (
     channels_field,
@@ -49,7 +48,7 @@ from monitor.sources.stream2_fields import (
     short,
     user_meta,
 )
-from monitor.sources.zmqsock import PeerEvents, max_message_bytes, open_receive_socket
+from monitor.sources.zmqsock import GapCounter, PeerEvents, max_message_bytes, open_receive_socket
 
 log = logging.getLogger("monitor.sources.stream2")
 

@@ -80,3 +80,27 @@ class PeerEvents:
         except zmq.ZMQError:
             pass  # the socket is already closed
         self._mon.close(linger=0)
+
+
+class GapCounter:
+    """Counts frame numbers skipped by the sender's numbering, per stream within a series."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._last: dict[str, tuple[str, int]] = {}
+
+    def observe(self, stream: str, series: str, index: int) -> int:
+        """Record a received frame number; return how many numbers it skipped (0 if none)."""
+        if index < 0:
+            return 0
+        prev = self._last.get(stream)
+        self._last[stream] = (series, index)
+        if prev is None or prev[0] != series or index <= prev[1] + 1:
+            return 0  # first frame, new series, in order, or a backwards jump (restart): reset
+        missing = index - prev[1] - 1
+        self.total += missing
+        return missing
+
+    def reset(self, series: str) -> None:
+        """A series started or ended: forget what we know about its numbering."""
+        self._last = {k: v for k, v in self._last.items() if v[0] != series}
