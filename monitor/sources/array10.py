@@ -27,7 +27,7 @@ from monitor.errors import FrameRejected, SourceError
 from monitor.frames import Frame, FrameMeta, Rejection, SeriesEvent
 from monitor.logutil import RateLimitedLog
 from monitor.sources.base import Emit, as_rejection
-from monitor.sources.zmqsock import GapCounter, PeerEvents, max_message_bytes, open_receive_socket
+from monitor.sources.zmqsock import GapCounter, ZmqReceiver, max_message_bytes, open_receive_socket
 
 log = logging.getLogger("monitor.sources.array10")
 
@@ -329,33 +329,15 @@ class Array10Source:
         self.open()
         sock = self._socket
         assert sock is not None
-        # A synchronous shadow of the same socket: once poll says messages are queued, NOBLOCK
-        # receives need no futures (measurably cheaper per message at thousands of frames/s).
-        direct = zmq.Socket.shadow(sock.underlying)
-        peers = PeerEvents(sock)
+        receiver = ZmqReceiver(self.name, sock, max_message_bytes(self.settings), poll_ms=self._poll_ms)
+
+        async def handle(parts: list[zmq.Frame]) -> None:
+            await self._handle(parts, emit)
+
         try:
-            while not stop.is_set():
-                if peers.poll():
-                    log.warning(
-                        "source %r: a sender disconnected (%d so far; a message part over %d bytes, "
-                        "ZMQ_MAXMSGSIZE, disconnects its sender)", self.name, peers.disconnects,
-                        max_message_bytes(self.settings),
-                    )  # fmt: skip
-                if not await sock.poll(self._poll_ms, zmq.POLLIN):
-                    continue
-                # Drain what is queued without polling again for every message.
-                for _ in range(256):
-                    try:
-                        parts = direct.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    await self._handle(parts, emit)
-                    if stop.is_set():
-                        break
+            await receiver.run(handle, stop)
         finally:
-            peers.poll()
-            self.disconnects = peers.disconnects
-            peers.close()
+            self.disconnects = receiver.disconnects
             self.close()
             self._rejections.flush(f"source {self.name!r}")
             log.info(

@@ -50,7 +50,7 @@ from monitor.sources.bluesky_docs import (
     decode_message,
 )
 from monitor.sources.hdf5_resolve import AD_HDF5_DATASET, Hdf5Frames, ad_hdf5_location, map_root
-from monitor.sources.zmqsock import GapCounter, max_message_bytes
+from monitor.sources.zmqsock import GapCounter, ZmqReceiver, max_message_bytes
 
 log = logging.getLogger("monitor.sources.bluesky")
 
@@ -285,6 +285,8 @@ class BlueskySource:
         self.settings = settings
         self.last_endpoint = ""
         self.received = 0
+        self.disconnects = 0
+        """Senders disconnected (ZMQ_MAXMSGSIZE exceeded, or a publisher went away); set at stop."""
         self.frames = 0
         self.ignored = 0
         self.documents: Counter[str] = Counter()
@@ -340,20 +342,17 @@ class BlueskySource:
         self.open()
         sock = self._socket
         assert sock is not None
-        direct = zmq.Socket.shadow(sock.underlying)
+        receiver = ZmqReceiver(
+            self.name, sock, max_message_bytes(self.settings), poll_ms=self._poll_ms, multipart=False
+        )
+
+        async def handle(parts: list[zmq.Frame]) -> None:
+            await self.handle(parts[0].buffer, emit)
+
         try:
-            while not stop.is_set():
-                if not await sock.poll(self._poll_ms, zmq.POLLIN):
-                    continue
-                for _ in range(256):
-                    try:
-                        msg = direct.recv(flags=zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    await self.handle(msg.buffer, emit)
-                    if stop.is_set():
-                        break
+            await receiver.run(handle, stop)
         finally:
+            self.disconnects = receiver.disconnects
             self.close()
             await asyncio.get_running_loop().run_in_executor(self._io, self._hdf5.close)
             self._io.shutdown(wait=False)
