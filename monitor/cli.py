@@ -176,6 +176,7 @@ BENCHES: dict[str, str] = {
     "demo-latency": "monitor.bench.latency_report:cli_main",
     "gpu": "monitor.bench.gpu:cli_main",
     "sinks": "monitor.bench.sinks:cli_main",
+    "soak": "monitor.bench.soak:cli_main",
 }
 TRAINERS: dict[str, str] = {
     "early-warning": "engines.train.early_warning:cli_main",
@@ -352,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--weights", default=None, help="weights directory (default: engines/weights)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
     b.add_argument("--run", default=None, help="run file (demo-latency)")
+    b.add_argument("--minutes", type=float, default=None, help="soak: minutes per flush interval")
+    b.add_argument("--flush", type=float, nargs="*", default=None, help="soak: store flush intervals (s)")
     b.set_defaults(fn=cmd_bench)
 
     for name, table, fn, what_help in (

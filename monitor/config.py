@@ -496,7 +496,51 @@ def redact_secrets(toml_text: str) -> str:
     return _SECRET.sub(lambda m: m["key"] + REDACTED, toml_text)
 
 
+SOURCE_KIND_KEYS: dict[str, frozenset[str]] = {
+    "endpoint": frozenset({"array10", "stream2", "bluesky"}),
+    "mode": frozenset({"array10", "stream2", "bluesky"}),
+    "rcvhwm": frozenset({"array10", "stream2", "bluesky"}),
+    "max_frame_bytes": frozenset({"array10", "stream2", "bluesky"}),
+    "socket": frozenset({"array10", "stream2"}),
+    "topic": frozenset({"array10", "stream2"}),
+    "channel": frozenset({"stream2"}),
+    "path": frozenset({"replay"}),
+    "dataset": frozenset({"replay"}),
+    "rate_hz": frozenset({"replay"}),
+    "loop": frozenset({"replay"}),
+    "format": frozenset({"bluesky"}),
+    "trust_pickle": frozenset({"bluesky"}),
+    "prefix": frozenset({"bluesky"}),
+    "data_key": frozenset({"bluesky"}),
+    "current_field": frozenset({"bluesky"}),
+    "hdf5_timeout_s": frozenset({"bluesky"}),
+    "root_map": frozenset({"bluesky"}),
+}
+"""``[[sources]]`` keys that apply only to some kinds; setting one for another kind is an error.
+Keys not listed here (``name``, ``kind``, ``stream``, new keys) apply to every kind."""
+
+
+def check_source_keys(data: dict[str, object]) -> None:
+    """A key that does not apply to the source's kind is an error naming it (e.g. ``channel`` on
+    an array10 source would be silently ignored otherwise)."""
+    sources = data.get("sources")
+    if not isinstance(sources, list):
+        return
+    for i, src in enumerate(sources):
+        if not isinstance(src, dict) or not isinstance(src.get("kind"), str):
+            continue
+        kind = src["kind"]
+        for key in src:
+            kinds = SOURCE_KIND_KEYS.get(key)
+            if kinds is not None and kind not in kinds:
+                raise ConfigError(
+                    f"sources[{i}].{key}",
+                    f"does not apply to kind {kind!r} (only to {', '.join(sorted(kinds))})",
+                )
+
+
 def config_from_dict(data: dict[str, object]) -> MonitorConfig:
+    check_source_keys(data)
     return validate(_build(MonitorConfig, data))
 
 

@@ -9,110 +9,44 @@ drain deadline passes are stored as skipped (``shutdown``), never lost silently.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hmac
 import logging
-import platform
 import signal
-import sys
 import time
 from asyncio import FIRST_COMPLETED
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import h5py
-import numpy as np
 import zmq
 import zmq.asyncio
 
-import monitor
 from engines.isa import detect as cpu_isa
 from monitor.aio import sleep_unless
 from monitor.alerts.ackguard import TokenGuard
+from monitor.alerts.evaluator import AlertEvaluator
+from monitor.alerts.evaluator import with_run_label as with_run_label  # re-exported (moved)
 from monitor.alerts.manager import AlarmManager
-from monitor.alerts.model import FrameRef
-from monitor.alerts.rules import SilenceRule, ThresholdRule, Verdict
-from monitor.alerts.sinks import CallbackSink, JournalSink, LiveSink, ZmqPubSink
-from monitor.config import MonitorConfig, SourceSettings, redact_secrets
+from monitor.alerts.rules import Verdict
+from monitor.alerts.sinks import CallbackSink, JournalSink
+from monitor.compose import build_source as build_source  # re-exported (moved to compose)
+from monitor.compose import build_workers, open_listeners, run_path, versions
+from monitor.config import MonitorConfig, redact_secrets
 from monitor.display import Display
-from monitor.errors import ConfigError, MonitorError
 from monitor.frames import Disposition
 from monitor.integrations import Integrations
-from monitor.live import AckResult, LiveState
+from monitor.live import AckResult, LiveSink, LiveState
 from monitor.pipelines.base import Pipeline, Result
 from monitor.preflight import build_pipelines
 from monitor.recorder import Recorder
 from monitor.router import PipelineWorker, Router
-from monitor.sources.array10 import Array10Source
 from monitor.sources.base import Source
-from monitor.sources.replay import ReplaySource
 from monitor.store import RunStore
 from monitor.supervise import Supervisor
 from monitor.telemetry import Telemetry
 
 log = logging.getLogger("monitor.daemon")
-
-
-def build_source(settings: SourceSettings, context: zmq.asyncio.Context) -> Source:
-    if settings.kind == "array10":
-        return Array10Source(settings, context)
-    if settings.kind == "stream2":
-        from monitor.sources.stream2 import Stream2Source  # cbor2 + dectris-compression only when used
-
-        return Stream2Source(settings, context)
-    if settings.kind == "bluesky":
-        from monitor.sources.bluesky import BlueskySource  # msgpack + h5py reads only when used
-
-        return BlueskySource(settings, context)
-    return ReplaySource(settings)
-
-
-def with_run_label(verdict: Verdict, extra: Mapping[str, object]) -> Verdict:
-    """Name the Bluesky run (``scan_id``, ``plan_name``, ``sample`` in ``FrameMeta.extra``) in the message."""
-    if "scan_id" not in extra:
-        return verdict
-    label = f"scan {extra['scan_id']}"
-    if extra.get("plan_name"):
-        label += f" {extra['plan_name']}"
-    if extra.get("sample"):
-        label += f", sample {extra['sample']}"
-    return dataclasses.replace(verdict, message=f"{verdict.message} [{label}]")
-
-
-def versions() -> dict[str, str]:
-    return {
-        "operando-monitor": monitor.__version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "h5py": h5py.__version__,
-        "hdf5": h5py.version.hdf5_version,
-        "pyzmq": zmq.__version__,
-        "libzmq": zmq.zmq_version(),
-        "cpu": cpu_isa().summary(),  # the instructions inference can use here (int8/bf16 choice)
-        **_model_backends(),
-    }
-
-
-def _model_backends() -> dict[str, str]:
-    """Backend and model hash of every inference runner built (only if the model stack is loaded)."""
-    runtime = sys.modules.get("engines.runtime")
-    if runtime is None:
-        return {}
-    return {f"model:{name}": desc for name, desc in runtime.chosen_backends().items()}
-
-
-def run_path(cfg: MonitorConfig, now: datetime | None = None) -> Path:
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-    name = cfg.store.filename.format(run=cfg.run, time=stamp)
-    path = Path(cfg.store.directory) / name
-    n = 1
-    while path.exists():
-        path = path.with_name(f"{Path(name).stem}-{n}{Path(name).suffix}")
-        n += 1
-    return path
 
 
 class Daemon:
@@ -147,8 +81,7 @@ class Daemon:
         self._stop_ingest = asyncio.Event()
         self._forced = asyncio.Event()
         self._stop_background = asyncio.Event()
-        self._threshold_rules = [ThresholdRule(r) for r in cfg.alerts.rules if r.kind == "threshold"]
-        self._silence_rules = [SilenceRule(r) for r in cfg.alerts.rules if r.kind == "silence"]
+        self.evaluator = AlertEvaluator(cfg.alerts.rules)
         self.sources: list[Source] = []
         self.integrations = Integrations(cfg)
         self.recorder = Recorder(
@@ -164,20 +97,16 @@ class Daemon:
         self.epics: Any = None
         """The EPICS alarm-PV sink (``monitor.alerts.epics.EpicsAlarmSink``) when enabled."""
         pipelines = build_pipelines(cfg)  # the same checks as `check` (models, options, rule metrics)
-        self.workers = [
-            PipelineWorker(
-                pipeline,
-                s,
-                self._executor,
-                self.telemetry,
-                self._on_results,
-                self._on_disposition,
-                self.live.publish_frame,
-                live_interval_s=cfg.dashboard.update_ms / 1000.0 if self._wants_display else None,
-                on_points=self.live.publish_points,
-            )
-            for pipeline, s in zip(pipelines, cfg.pipelines, strict=True)
-        ]
+        self.workers = build_workers(
+            cfg,
+            pipelines,
+            self._executor,
+            self.telemetry,
+            self.live,
+            self._on_results,
+            self._on_disposition,
+            wants_display=self._wants_display,
+        )
         for w in self.workers:
             w.on_fault = self.supervisor.fault
         self.router = Router(self.workers, self.telemetry, self._on_disposition)
@@ -216,20 +145,8 @@ class Daemon:
     def _on_results(self, pipeline: Pipeline, results: list[Result]) -> None:
         self.recorder.add_results(pipeline.name, results)
         self.integrations.on_results(pipeline.name, results)
-        if self.alarms is None:
-            return
-        for rule in self._threshold_rules:
-            if rule.pipeline != pipeline.name:
-                continue
-            for r in results:
-                value = r.scalars.get(rule.metric)
-                if value is None:
-                    continue
-                verdict = rule.evaluate(r.frame.stream, float(value), r.frame.series)
-                if verdict is not None:
-                    f = r.frame
-                    verdict = with_run_label(verdict, f.meta.extra)
-                    self.alarms.apply(verdict, FrameRef(f.source, f.stream, f.series, f.index, f.seq))
+        if self.alarms is not None:
+            self.evaluator.on_results(pipeline.name, results, self.alarms.apply)
 
     def _acknowledge(self, alarm_id: str, operator: str, token: str) -> AckResult:
         expected = self.cfg.operator_token()
@@ -275,53 +192,18 @@ class Daemon:
 
     async def _silence_loop(self) -> None:
         t0 = time.monotonic()
-        period = min([r.settings.timeout_s for r in self._silence_rules] + [1.0]) / 4
         while not self._stop_background.is_set():
             now = time.monotonic()
-            for rule in self._silence_rules:
-                since = now - self.router.last_seen.get(rule.source, t0)
-                verdict = rule.check(since)
-                if verdict is not None and self.alarms is not None:
-                    self.alarms.apply(verdict)
-            await sleep_unless(self._stop_background, period)
+            if self.alarms is not None:
+                self.evaluator.check_silence(
+                    lambda src, now=now: now - self.router.last_seen.get(src, t0), self.alarms.apply
+                )
+            await sleep_unless(self._stop_background, self.evaluator.silence_period_s)
 
-    # ---- lifecycle ----------------------------------------------------------------------
     def _open_listeners(self) -> list[Any]:
-        """Open every socket and directory before anything runs, so that a busy port or an
-        unwritable directory is a start-up error naming its key (exit 2), not a dying task."""
-        try:
-            self.store_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                "store.directory", f"cannot create {self.store_path.parent}: {exc.strerror}"
-            ) from None
-        self.sources = []
-        for i, settings in enumerate(self.cfg.sources):
-            source = build_source(settings, self._zctx)
-            self.sources.append(source)
-            opener = getattr(source, "open", None)
-            if callable(opener):
-                try:
-                    opener()
-                except MonitorError as exc:
-                    self._close_sources()
-                    raise ConfigError(f"sources[{i}].endpoint", str(exc)) from None
-        sinks: list[Any] = []
-        if self.cfg.alerts.zmq_pub:
-            try:
-                sinks.append(ZmqPubSink(self.cfg.alerts.zmq_pub))
-            except zmq.ZMQError as exc:
-                self._close_sources()
-                raise ConfigError(
-                    "alerts.zmq_pub", f"cannot bind {self.cfg.alerts.zmq_pub!r}: {exc}"
-                ) from None
+        """Every socket and directory opened before anything runs (see :func:`compose.open_listeners`)."""
+        self.sources, sinks = open_listeners(self.cfg, self._zctx, self.store_path)
         return sinks
-
-    def _close_sources(self) -> None:
-        for source in self.sources:
-            closer = getattr(source, "close", None)
-            if callable(closer):
-                closer()
 
     async def start(self) -> None:
         sinks = self._open_listeners()

@@ -1,4 +1,6 @@
-"""The one internal frame type, and the records that account for every message."""
+"""The core types: the one internal frame, a pipeline's result for it (and the schema results
+follow), and the records that account for every message. The store, the recorder, the router and
+the pipelines all speak these; none of them needs another layer's module for its types."""
 
 from __future__ import annotations
 
@@ -50,6 +52,49 @@ class Frame:
             self.stream, self.source, self.series, self.index, self.array,
             self.t_detector, self.t_received, self.meta, seq,
         )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ArraySpec:
+    """A per-frame array output (mask, aligned ROI); stored chunked and compressed."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResultSchema:
+    """What a pipeline writes per frame: named float64 scalars and fixed-shape arrays.
+
+    Declared up front so the store can create every dataset before SWMR mode starts.
+    """
+
+    scalars: tuple[str, ...]
+    arrays: tuple[ArraySpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Where the time went for one frame, in seconds."""
+
+    queued: float = 0.0
+    compute: float = 0.0
+    batch_size: int = 1
+
+
+_NO_ARRAYS: Mapping[str, np.ndarray] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One pipeline's output for one frame. ``scalars`` keys follow the pipeline's schema."""
+
+    pipeline: str
+    frame: Frame
+    scalars: Mapping[str, float]
+    arrays: Mapping[str, np.ndarray] = field(default_factory=lambda: _NO_ARRAYS)
+    latency: Latency = field(default_factory=Latency)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monitor.alerts.model import Alarm
+from monitor.alerts.model import Alarm, AlarmEvent
 from monitor.telemetry import TelemetrySnapshot
 
 MAX_DISPLAY_PX = 512
@@ -149,3 +149,18 @@ class LiveState:
 
     def acknowledge(self, alarm_id: str, operator: str, token: str) -> AckResult:
         return self.ack_handler(alarm_id, operator, token)
+
+
+class LiveSink:
+    """The alarm sink that feeds the dashboard: every alarm transition updates :class:`LiveState`."""
+
+    name = "live"
+
+    def __init__(self, live: LiveState) -> None:
+        self._live = live
+
+    def emit(self, event: AlarmEvent) -> None:
+        self._live.publish_alarm(event.alarm)
+
+    def close(self) -> None:
+        return None

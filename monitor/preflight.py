@@ -9,6 +9,7 @@ store directory that can be written. Every problem is a :class:`ConfigError` nam
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +23,7 @@ from monitor.store import layout as L
 
 def build_pipelines(cfg: MonitorConfig) -> list[Pipeline]:
     """Build every configured pipeline (loading its model) and check the rules against them."""
+    check_extras(cfg)
     pipelines: list[Pipeline] = []
     for i, settings in enumerate(cfg.pipelines):
         key = f"pipelines[{i}]"
@@ -72,6 +74,19 @@ def check_store_directory(cfg: MonitorConfig) -> Path:
     except OSError as exc:
         raise ConfigError("store.directory", f"cannot write to {directory}: {exc.strerror or exc}") from None
     return directory
+
+
+def check_extras(cfg: MonitorConfig) -> None:
+    """Optional stacks the configuration needs are installed (``pip install operando-monitor[epics]``)."""
+    if cfg.alerts.epics.enabled and importlib.util.find_spec("caproto") is None:
+        raise ConfigError(
+            "alerts.epics.enabled", "EPICS alarm PVs need caproto: pip install 'operando-monitor[epics]'"
+        )
+    for i, p in enumerate(cfg.pipelines):
+        if p.backend == "torch" and importlib.util.find_spec("torch") is None:
+            raise ConfigError(
+                f"pipelines[{i}].backend", "backend 'torch' needs: pip install 'operando-monitor[train]'"
+            )
 
 
 def preflight(cfg: MonitorConfig) -> list[Pipeline]:

@@ -23,9 +23,8 @@ import numpy as np
 
 from monitor.alerts.model import AlarmEvent
 from monitor.errors import InvalidResult, StoreError
-from monitor.frames import Disposition, Frame
+from monitor.frames import Disposition, Frame, Result
 from monitor.logutil import RateLimitedLog
-from monitor.pipelines.base import Result
 from monitor.store import RunStore
 from monitor.telemetry import TelemetrySnapshot
 

@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 
 import numpy as np
 
-from engines.batching import gather_batch
+from monitor.batching import gather_batch
 from monitor.config import PipelineSettings
 from monitor.frames import Disposition, Frame, Rejection, SeriesEvent, Status
 from monitor.live import LiveFrame, LivePoint, display_image

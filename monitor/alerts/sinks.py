@@ -1,4 +1,5 @@
-"""Alarm sinks: JSON Lines journal (flushed first), ZMQ PUB (JSON, topic ``alarm``), LiveState."""
+"""Alarm sinks: JSON Lines journal (flushed first), ZMQ PUB (JSON, topic ``alarm``). The dashboard's
+sink, :class:`monitor.live.LiveSink`, lives with the state it feeds."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import zmq
 
 from monitor.alerts.model import Alarm, AlarmEvent, AlarmState, FrameRef, Severity
-from monitor.live import LiveState
+from monitor.live import LiveSink as LiveSink  # moved to monitor.live; re-exported
 
 
 def event_to_json(event: AlarmEvent) -> dict[str, object]:
@@ -128,19 +129,6 @@ class ZmqPubSink:
 
     def close(self) -> None:
         self._sock.close()
-
-
-class LiveSink:
-    name = "live"
-
-    def __init__(self, live: LiveState) -> None:
-        self._live = live
-
-    def emit(self, event: AlarmEvent) -> None:
-        self._live.publish_alarm(event.alarm)
-
-    def close(self) -> None:
-        return None
 
 
 class CallbackSink:

@@ -1,58 +1,17 @@
-"""Pipeline protocol and the typed result record every pipeline returns."""
+"""Pipeline protocol. The typed result records live beside :class:`~monitor.frames.Frame`
+(``monitor.frames``) and are re-exported here, so ``from monitor.pipelines.base import Result``
+keeps working."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from monitor.frames import Frame
+from monitor.frames import ArraySpec, Frame, Latency, Result, ResultSchema
 
-
-@dataclass(frozen=True, slots=True)
-class ArraySpec:
-    """A per-frame array output (mask, aligned ROI); stored chunked and compressed."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-
-
-@dataclass(frozen=True, slots=True)
-class ResultSchema:
-    """What a pipeline writes per frame: named float64 scalars and fixed-shape arrays.
-
-    Declared up front so the store can create every dataset before SWMR mode starts.
-    """
-
-    scalars: tuple[str, ...]
-    arrays: tuple[ArraySpec, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Latency:
-    """Where the time went for one frame, in seconds."""
-
-    queued: float = 0.0
-    compute: float = 0.0
-    batch_size: int = 1
-
-
-_NO_ARRAYS: Mapping[str, np.ndarray] = MappingProxyType({})
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """One pipeline's output for one frame. ``scalars`` keys follow the pipeline's schema."""
-
-    pipeline: str
-    frame: Frame
-    scalars: Mapping[str, float]
-    arrays: Mapping[str, np.ndarray] = field(default_factory=lambda: _NO_ARRAYS)
-    latency: Latency = field(default_factory=Latency)
+__all__ = ["ArraySpec", "Latency", "LiveOverlays", "Pipeline", "Result", "ResultSchema"]
 
 
 @runtime_checkable

@@ -28,7 +28,7 @@ from monitor.logutil import RateLimitedLog
 from monitor.sources.ad_codec import decode_codec
 from monitor.sources.ad_header import NDATTR_DROPPED, HeaderUnreadable, parse_header_tolerant, to_unix_time
 from monitor.sources.base import Emit, as_rejection
-from monitor.sources.zmqsock import PeerEvents, max_message_bytes, open_receive_socket
+from monitor.sources.zmqsock import GapCounter, ZmqReceiver, max_message_bytes, open_receive_socket
 
 log = logging.getLogger("monitor.sources.array10")
 
@@ -38,6 +38,8 @@ _DTYPE_NAMES = "uint8 uint16 uint32 uint64 int8 int16 int32 int64 float32 float6
 DTYPES: Mapping[str, np.dtype] = MappingProxyType({name: np.dtype(name) for name in _DTYPE_NAMES})
 MAX_HEADER_BYTES = 1 << 20
 """A JSON header larger than this is rejected (``oversize``) before it is decoded."""
+
+__all__ = ["REASONS", "Array10Rejected", "Array10Source", "GapCounter", "decode_array10"]
 
 REASONS = tuple(
     "missing_parts extra_parts bad_json not_an_object bad_htype bad_dtype bad_shape size_mismatch oversize "
@@ -286,30 +288,6 @@ def decode_array10(
     )
 
 
-class GapCounter:
-    """Counts frame numbers skipped by the sender's numbering, per stream within a series."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self._last: dict[str, tuple[str, int]] = {}
-
-    def observe(self, stream: str, series: str, index: int) -> int:
-        """Record a received frame number; return how many numbers it skipped (0 if none)."""
-        if index < 0:
-            return 0
-        prev = self._last.get(stream)
-        self._last[stream] = (series, index)
-        if prev is None or prev[0] != series or index <= prev[1] + 1:
-            return 0  # first frame, new series, in order, or a backwards jump (restart): reset
-        missing = index - prev[1] - 1
-        self.total += missing
-        return missing
-
-    def reset(self, series: str) -> None:
-        """A series started or ended: forget what we know about its numbering."""
-        self._last = {k: v for k, v in self._last.items() if v[0] != series}
-
-
 class Array10Source:
     """Receive array-1.0 messages on a PULL or SUB socket and emit ingest events."""
 
@@ -374,33 +352,15 @@ class Array10Source:
         self.open()
         sock = self._socket
         assert sock is not None
-        # A synchronous shadow of the same socket: once poll says messages are queued, NOBLOCK
-        # receives need no futures (measurably cheaper per message at thousands of frames/s).
-        direct = zmq.Socket.shadow(sock.underlying)
-        peers = PeerEvents(sock)
+        receiver = ZmqReceiver(self.name, sock, max_message_bytes(self.settings), poll_ms=self._poll_ms)
+
+        async def handle(parts: list[zmq.Frame]) -> None:
+            await self._handle(parts, emit)
+
         try:
-            while not stop.is_set():
-                if peers.poll():
-                    log.warning(
-                        "source %r: a sender disconnected (%d so far; a message part over %d bytes, "
-                        "ZMQ_MAXMSGSIZE, disconnects its sender)", self.name, peers.disconnects,
-                        max_message_bytes(self.settings),
-                    )  # fmt: skip
-                if not await sock.poll(self._poll_ms, zmq.POLLIN):
-                    continue
-                # Drain what is queued without polling again for every message.
-                for _ in range(256):
-                    try:
-                        parts = direct.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    await self._handle(parts, emit)
-                    if stop.is_set():
-                        break
+            await receiver.run(handle, stop)
         finally:
-            peers.poll()
-            self.disconnects = peers.disconnects
-            peers.close()
+            self.disconnects = receiver.disconnects
             self.close()
             self._rejections.flush(f"source {self.name!r}")
             log.info(

@@ -35,7 +35,6 @@ from monitor.errors import FrameRejected, SourceError
 from monitor.frames import Frame, FrameMeta, Rejection, SeriesEvent
 from monitor.logutil import RateLimitedLog
 from monitor.sources import cbor_arrays
-from monitor.sources.array10 import GapCounter
 from monitor.sources.base import Emit, as_rejection
 from monitor.sources.pixel_mask import MaskPlan
 from monitor.sources.stream2_fields import (
@@ -52,7 +51,7 @@ from monitor.sources.stream2_fields import (
     short,
     user_meta,
 )
-from monitor.sources.zmqsock import PeerEvents, max_message_bytes, open_receive_socket
+from monitor.sources.zmqsock import GapCounter, ZmqReceiver, max_message_bytes, open_receive_socket
 
 log = logging.getLogger("monitor.sources.stream2")
 
@@ -411,30 +410,15 @@ class Stream2Source:
         self.open()
         sock = self._socket
         assert sock is not None
-        direct = zmq.Socket.shadow(sock.underlying)  # NOBLOCK drains without futures (see array10)
-        peers = PeerEvents(sock)
+        receiver = ZmqReceiver(self.name, sock, max_message_bytes(self.settings), poll_ms=self._poll_ms)
+
+        async def handle(parts: list[zmq.Frame]) -> None:
+            await self._handle(parts, emit)
+
         try:
-            while not stop.is_set():
-                if peers.poll():
-                    log.warning(
-                        "source %r: a sender disconnected (%d so far; a message part over %d bytes, "
-                        "ZMQ_MAXMSGSIZE, disconnects its sender)", self.name, peers.disconnects,
-                        max_message_bytes(self.settings),
-                    )  # fmt: skip
-                if not await sock.poll(self._poll_ms, zmq.POLLIN):
-                    continue
-                for _ in range(256):
-                    try:
-                        parts = direct.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    await self._handle(parts, emit)
-                    if stop.is_set():
-                        break
+            await receiver.run(handle, stop)
         finally:
-            peers.poll()
-            self.disconnects = peers.disconnects
-            peers.close()
+            self.disconnects = receiver.disconnects
             self.close()
             self._rejections.flush(f"source {self.name!r}")
             log.info(

@@ -14,8 +14,7 @@ import numpy as np
 
 from monitor.alerts.model import Severity
 from monitor.errors import StoreError
-from monitor.frames import Status
-from monitor.pipelines.base import ResultSchema
+from monitor.frames import ResultSchema, Status
 
 FORMAT_VERSION = 2
 """Bumped whenever a dataset, column or attribute changes meaning."""

@@ -21,8 +21,7 @@ import numpy as np
 
 from monitor.alerts.model import Alarm, AlarmEvent, AlarmState, FrameRef, Severity
 from monitor.errors import StoreError
-from monitor.frames import Disposition, Status
-from monitor.pipelines.base import ArraySpec, ResultSchema
+from monitor.frames import ArraySpec, Disposition, ResultSchema, Status
 from monitor.store import layout as L
 from monitor.store.recovery import cleared_copy, status_flags
 from monitor.telemetry import TelemetrySnapshot

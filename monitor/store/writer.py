@@ -25,8 +25,7 @@ import numpy as np
 from monitor.alerts.model import AlarmEvent
 from monitor.config import StoreSettings
 from monitor.errors import InvalidResult, StoreError
-from monitor.frames import Disposition
-from monitor.pipelines.base import Result, ResultSchema
+from monitor.frames import Disposition, Result, ResultSchema
 from monitor.store import layout as L
 from monitor.store.nexus import add_nexus_logged
 from monitor.telemetry import TelemetrySnapshot

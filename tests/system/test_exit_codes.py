@@ -137,3 +137,15 @@ def test_busy_source_port_and_busy_alarm_pub_exit_2(
         busy.close(linger=0)
         ctx.term()
     assert not list((tmp_path / "runs").glob("*.h5")), "no run file for a daemon that never started"
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [('channel = "threshold_1"', "sources[0].channel"), ('path = "x.h5"', "sources[0].path"),
+     ("trust_pickle = true", "sources[0].trust_pickle")],
+)  # fmt: skip
+def test_a_source_key_of_another_kind_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, key: str
+) -> None:
+    config = write(tmp_path, endpoint=f'tcp://127.0.0.1:{free_port()}"\n{extra}\n#"')
+    expect_error(["check", "--config", config], key, capsys)

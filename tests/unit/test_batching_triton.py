@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engines.batching import gather_batch
 from engines.export import export_onnx
 from engines.models.reference import TinyConvNet
 from engines.registry import TensorSpec, save_model
 from engines.triton_repo import write_triton_repository
+from monitor.batching import gather_batch
 
 
 async def test_gather_takes_what_is_queued_without_waiting() -> None:

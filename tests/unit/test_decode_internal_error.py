@@ -111,10 +111,10 @@ def test_an_unexpected_decoder_exception_is_internal_error(
 
 
 def test_bluesky_resource_caches_are_bounded_and_evictions_counted(monkeypatch: pytest.MonkeyPatch) -> None:
-    import monitor.sources.bluesky as bluesky_mod
+    import monitor.sources.bluesky_runs as bluesky_runs
 
-    monkeypatch.setattr(bluesky_mod, "MAX_RESOURCES", 5)
-    monkeypatch.setattr(bluesky_mod, "MAX_DATUMS", 7)
+    monkeypatch.setattr(bluesky_runs, "MAX_RESOURCES", 5)
+    monkeypatch.setattr(bluesky_runs, "MAX_DATUMS", 7)
     source = _bluesky()
     messages = [_bs("start", {"uid": "r", "time": 1.0})]
     for i in range(20):  # a run that never stops: resources and datums must not grow without bound

@@ -1,6 +1,7 @@
-"""Gather frames into batches: up to ``max_batch`` items, waiting at most ``max_wait_s`` for more.
+"""Gather frames into batches for the router's pipeline workers: up to ``max_batch`` items,
+waiting at most ``max_wait_s`` for more.
 
-Generic over the item type so the engines layer stays free of the daemon's types. The batch
+Generic over the item type. The batch
 list is filled in place (``into``) so a caller cancelled mid-gather still knows which items it
 holds and can account for them.
 """
