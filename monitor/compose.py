@@ -93,7 +93,14 @@ def build_workers(
     *,
     wants_display: bool,
 ) -> list[PipelineWorker]:
-    """One worker (bounded queue, overload policy, executor thread) per configured pipeline."""
+    """One worker (bounded queue, overload policy, executor thread) per configured pipeline;
+    with ``[cluster] engine = "ray"`` the workers run ``process`` on Ray actors instead."""
+    if cfg.cluster.engine == "ray":
+        from monitor.cluster.session import build_ray_workers  # ray only in cluster mode
+
+        return build_ray_workers(
+            cfg, pipelines, executor, telemetry, live, on_results, on_disposition, wants_display=wants_display
+        )  # type: ignore[return-value]
     return [
         PipelineWorker(
             pipeline,
@@ -146,3 +153,11 @@ def open_listeners(
             close_sources(sources)
             raise ConfigError("alerts.zmq_pub", f"cannot bind {cfg.alerts.zmq_pub!r}: {exc}") from None
     return sources, sinks
+
+
+def close_workers(cfg: MonitorConfig, workers: Sequence[PipelineWorker]) -> None:
+    """Release what the workers hold outside this process (Ray replicas in cluster mode)."""
+    if cfg.cluster.engine == "ray":
+        from monitor.cluster.session import shutdown
+
+        shutdown(workers)

@@ -107,6 +107,13 @@ class PipelineSettings:
     """Pixel value counted as saturated (0: the dtype's maximum)."""
     dead_value: float = 0.0
     """Pixel value at or below which a pixel counts as dead."""
+    # cluster mode ([cluster] engine = "ray"; ignored by the default in-process engine)
+    replicas: int = 1
+    """Ray actors running this pipeline."""
+    num_cpus: float = 1.0
+    """CPUs Ray reserves for each replica."""
+    num_gpus: float = 0.0
+    """GPUs Ray reserves for each replica (fractions share one GPU)."""
 
 
 @dataclass(frozen=True)
@@ -234,6 +241,23 @@ class TiledSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """Where pipelines run: ``none`` in this process (the default), ``ray`` as Ray actors."""
+
+    engine: Literal["none", "ray"] = "none"
+    address: str = "local"
+    """``local`` starts a Ray instance on this machine; otherwise a cluster address (``host:port``)."""
+    in_flight: int = 4
+    """Batches in flight per replica (stateless pipelines; a keyed series is always in order)."""
+    max_restarts: int = 5
+    """Times Ray restarts a dead replica (its in-flight frames are stored ``failed/worker_lost``)."""
+    object_store_mb: int = 200
+    """Object store of a ``local`` instance."""
+    num_cpus: int = 0
+    """CPUs of a ``local`` instance (0: all)."""
+
+
+@dataclass(frozen=True)
 class MonitorConfig:
     run: str = "run"
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
@@ -244,6 +268,7 @@ class MonitorConfig:
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     tiled: TiledSettings = field(default_factory=TiledSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     def operator_token(self) -> str:
         return self.dashboard.operator_token or os.environ.get("OPERANDO_OPERATOR_TOKEN", "")
@@ -479,7 +504,22 @@ def validate(cfg: MonitorConfig) -> MonitorConfig:
             raise ConfigError("tiled.uri", f"must be an http(s) URL, got {cfg.tiled.uri!r}")
     if not 0 <= cfg.metrics.port < 65536:
         raise ConfigError("metrics.port", f"must be 0..65535, got {cfg.metrics.port}")
+    _check_cluster(cfg)
     return cfg
+
+
+def _check_cluster(cfg: MonitorConfig) -> None:
+    c = cfg.cluster
+    _positive(c.in_flight, "cluster.in_flight")
+    _positive(c.object_store_mb, "cluster.object_store_mb")
+    _positive(c.max_restarts, "cluster.max_restarts", allow_zero=True)
+    _positive(c.num_cpus, "cluster.num_cpus", allow_zero=True)
+    if c.engine == "ray" and not c.address:
+        raise ConfigError("cluster.address", '"local" or a Ray cluster address (host:port)')
+    for i, p in enumerate(cfg.pipelines):
+        _positive(p.replicas, f"pipelines[{i}].replicas")
+        _positive(p.num_cpus, f"pipelines[{i}].num_cpus", allow_zero=True)
+        _positive(p.num_gpus, f"pipelines[{i}].num_gpus", allow_zero=True)
 
 
 _SECRET = re.compile(

@@ -28,10 +28,11 @@ from monitor.alerts.ackguard import TokenGuard
 from monitor.alerts.evaluator import AlertEvaluator
 from monitor.alerts.evaluator import with_run_label as with_run_label  # re-exported (moved)
 from monitor.alerts.manager import AlarmManager
+from monitor.alerts.model import Severity
 from monitor.alerts.rules import Verdict
 from monitor.alerts.sinks import CallbackSink, JournalSink
 from monitor.compose import build_source as build_source  # re-exported (moved to compose)
-from monitor.compose import build_workers, open_listeners, run_path, versions
+from monitor.compose import build_workers, close_workers, open_listeners, run_path, versions
 from monitor.config import MonitorConfig, redact_secrets
 from monitor.display import Display
 from monitor.frames import Disposition
@@ -109,6 +110,8 @@ class Daemon:
         )
         for w in self.workers:
             w.on_fault = self.supervisor.fault
+            if hasattr(w, "on_series_lost"):  # cluster mode: a keyed replica restarted
+                w.on_series_lost = self._on_series_lost
         self.router = Router(self.workers, self.telemetry, self._on_disposition)
         self._source_tasks: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -147,6 +150,16 @@ class Daemon:
         self.integrations.on_results(pipeline.name, results)
         if self.alarms is not None:
             self.evaluator.on_results(pipeline.name, results, self.alarms.apply)
+
+    def _on_series_lost(self, pipeline: str, key: tuple[str, str], why: str) -> None:
+        """A keyed series lost its pipeline state (its Ray replica died): a MINOR alarm, stored
+        and journalled like every alarm; the series carries on with empty state."""
+        stream, series = key
+        self._raise_daemon_alarm(
+            Verdict(f"series_state_lost:{pipeline}:{stream}:{series}", Severity.MINOR, 1.0, 0.0,
+                    f"series_state_lost: {pipeline} lost the state of {stream}/{series} ({why}); "
+                    "it restarts empty")
+        )  # fmt: skip
 
     def _acknowledge(self, alarm_id: str, operator: str, token: str) -> AckResult:
         expected = self.cfg.operator_token()
@@ -326,6 +339,7 @@ class Daemon:
         if skipped:
             log.warning("%d queued frame(s) stored as skipped (shutdown)", skipped)
         await self._cancel(self._worker_tasks)
+        close_workers(self.cfg, self.workers)
         self._stop_background.set()
         await asyncio.wait(self._tasks, timeout=left(0.5))
         await self._cancel(self._tasks)

@@ -105,6 +105,10 @@ class PipelineWorker:
             return BatchOutcome([], [], f"{type(exc).__name__}: {exc}")
         if len(results) != len(batch):
             return BatchOutcome([], [], f"pipeline returned {len(results)} results for {len(batch)} frames")
+        return self.outcome(results)
+
+    def outcome(self, results: list[Result]) -> BatchOutcome:
+        """Results plus the display images and live points due for them (any thread)."""
         live: list[LiveFrame] = []
         if self._live_interval is None:  # no display attached: don't spend CPU on images
             return BatchOutcome(results, live)
