@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned; install it first so nothing pulls a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,train,bluesky,epics,plots]'
+	$(PY) -m pip install -q -e '.[test,train,bluesky,epics,plots,cluster]'
 	touch $(STAMP)
 
 # Debian chromium for the browser tests: installed when missing and we are root.

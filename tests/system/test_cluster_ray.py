@@ -180,7 +180,7 @@ async def test_worker_node_dies_mid_stream(cluster: Cluster, tmp_path: Path) -> 
         name
         for name in ("stats", "ew")
         for a in _worker(daemon, name).actors
-        if ray.get(a.info.remote())["node"] == worker_node.unique_id
+        if ray.get(a.info.remote())["node"] == worker_node.node_id
     ]
     assert on_it, "SPREAD placed replicas on the second node"
 
