@@ -177,6 +177,7 @@ BENCHES: dict[str, str] = {
     "gpu": "monitor.bench.gpu:cli_main",
     "sinks": "monitor.bench.sinks:cli_main",
     "soak": "monitor.bench.soak:cli_main",
+    "scale": "monitor.bench.scale:cli_main",
 }
 TRAINERS: dict[str, str] = {
     "early-warning": "engines.train.early_warning:cli_main",
