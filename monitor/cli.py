@@ -74,6 +74,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from monitor.store.merge import merge_journals, merge_runs
+
+    setup_logging(args.log_level or "WARNING")
+    rows = merge_runs(args.out, args.files)
+    print(f"{args.out}: " + ", ".join(f"{k} {v}" for k, v in rows.items()) + " rows (virtual)")
+    if args.journals:
+        n = merge_journals(args.journal_out or Path(args.out).with_suffix(".alarms.jsonl"), args.journals)
+        print(f"alarm journal: {n} records merged by time")
+    return 0
+
+
 def cmd_recover(args: argparse.Namespace) -> int:
     from monitor.store.recovery import recover_file
 
@@ -270,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a TOML config and print what it sets up")
     c.add_argument("--config", required=True)
     c.set_defaults(fn=cmd_check)
+
+    mg = sub.add_parser("merge", help="one view (HDF5 virtual datasets) of several daemons' run files")
+    mg.add_argument("out", help="merged file to write (holds no data: virtual datasets)")
+    mg.add_argument("files", nargs="+", help="the per-daemon run files")
+    mg.add_argument("--journals", nargs="*", default=[], help="alarm journals to merge by time")
+    mg.add_argument("--journal-out", default=None, help="merged journal (default OUT.alarms.jsonl)")
+    mg.set_defaults(fn=cmd_merge)
 
     rc = sub.add_parser("recover", help="make a run file left by a crash (kill -9) open with plain h5py")
     rc.add_argument("files", nargs="+")
