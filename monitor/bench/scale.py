@@ -141,6 +141,22 @@ def need_16m(per_replica_fps: float, side: int, gpu_mpx_per_s: float | None) -> 
     return out
 
 
+GPU_TARGET_MPX_S = 176.0
+"""``bench gpu``'s target for xct_unet_fast on one H100/H200 (used when no measurement exists)."""
+
+
+def gpu_rate(path: Path | None) -> tuple[float, str]:
+    """Mpx/s of one GPU: ``bench gpu``'s measured XCT-volume rate if its JSON is there."""
+    if path is not None and path.is_file():
+        try:
+            vol = json.loads(path.read_text()).get("xct_volume") or {}
+        except json.JSONDecodeError:
+            vol = {}
+        if vol.get("mpx_per_s"):
+            return float(vol["mpx_per_s"]), f"measured ({path})"
+    return GPU_TARGET_MPX_S, "assumed: bench gpu's H100/H200 target, not measured here (no CUDA torch)"
+
+
 def cli_main(args: argparse.Namespace) -> int:
     import ray
 
@@ -170,7 +186,7 @@ def cli_main(args: argparse.Namespace) -> int:
     finally:
         ray.shutdown()
     one, two = runs[1]["frames_per_s"], runs[2]["frames_per_s"]
-    gpu = getattr(args, "gpu_mpx_per_s", None)
+    gpu, gpu_from = gpu_rate(Path(args.json).parent / "gpu.json" if args.json else None)
     out = {
         "bench": "scale",
         "machine": {
@@ -189,7 +205,7 @@ def cli_main(args: argparse.Namespace) -> int:
         "hop_ms_p50": {k: v.get("hop_ms_p50") for k, v in hop.items()},
         "hop_ms_p99": {k: v.get("hop_ms_p99") for k, v in hop.items()},
         "hop_runs": hop,
-        "need_16m_133fps": need_16m(one, side, gpu),
+        "need_16m_133fps": {**need_16m(one, side, gpu), "gpu_rate_from": gpu_from},
         "targets": {"speedup_2_replicas": 1.6, "hop_ms_p50_512": 5.0},
     }
     text = json.dumps(out, indent=2)

@@ -103,10 +103,10 @@ def merge_runs(out: Path | str, runs: Sequence[Path | str]) -> dict[str, int]:
 
 def merge_journals(out: Path | str, journals: Sequence[Path | str]) -> int:
     """One alarm journal: every record of every daemon's journal, ordered by time, each tagged
-    with ``daemon`` (its journal's file name). Returns the records written."""
+    with ``daemon`` (its journal's path as given). Returns the records written."""
     records: list[dict[str, object]] = []
     for j in journals:
-        name = Path(j).name
+        name = str(j)
         for line_no, line in enumerate(Path(j).read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
