@@ -65,3 +65,19 @@ def test_cluster_settings_default_to_in_process_and_are_checked() -> None:
     bad["pipelines"][0]["replicas"] = 0  # type: ignore[index]
     with pytest.raises(ConfigError, match=r"pipelines\[0\].replicas"):
         config_from_dict(bad)
+
+
+def test_16m_need_scales_with_pixels_and_uses_a_measured_gpu_rate(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from monitor.bench.scale import GPU_TARGET_MPX_S, gpu_rate, need_16m
+
+    n = need_16m(per_replica_fps=10.0, side=512, gpu_mpx_per_s=200.0)
+    assert n["mpx_per_s"] == round(4148 * 4362 * 133 / 1e6, 1)
+    assert n["cpu_replicas"] == -(-int(4148 * 4362 * 133) // int(10 * 512 * 512))
+    assert n["gpus"] == 13  # 2406.4 Mpx/s / 200
+    assert n["network_gbit_s_raw"] == round(4148 * 4362 * 2 * 133 * 8 / 1e9, 1)
+    assert gpu_rate(None) == (GPU_TARGET_MPX_S, gpu_rate(None)[1])
+    (tmp_path / "gpu.json").write_text(json.dumps({"xct_volume": {"mpx_per_s": 250.0}}))
+    rate, src = gpu_rate(tmp_path / "gpu.json")
+    assert rate == 250.0 and src.startswith("measured")
