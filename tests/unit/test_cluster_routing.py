@@ -3,6 +3,8 @@ sticky (stream, series) pinning, and loss reporting once per replica death or re
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from monitor.cluster.routing import ReplicaTable
@@ -67,7 +69,7 @@ def test_cluster_settings_default_to_in_process_and_are_checked() -> None:
         config_from_dict(bad)
 
 
-def test_16m_need_scales_with_pixels_and_uses_a_measured_gpu_rate(tmp_path) -> None:  # noqa: ANN001
+def test_16m_need_scales_with_pixels_and_uses_a_measured_gpu_rate(tmp_path: Path) -> None:
     import json
 
     from monitor.bench.scale import GPU_TARGET_MPX_S, gpu_rate, need_16m
