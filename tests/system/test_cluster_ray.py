@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import zmq
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from monitor.alerts.model import AlarmEvent  # noqa: E402
 from monitor.cluster.worker import RayPipelineWorker  # noqa: E402
 from monitor.config import config_from_dict  # noqa: E402
 from monitor.daemon import Daemon  # noqa: E402
@@ -30,6 +31,8 @@ from tests.helpers import ROOT, free_port  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 STORE_MB = 100 * 1024 * 1024
+Fault = Callable[[Daemon], Awaitable[None]]
+Fault = Callable[[Daemon], Awaitable[None]]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +92,9 @@ def _done(daemon: Daemon) -> int:
     return sum(t.processed.values()) + sum(t.failed.values()) + sum(t.skipped.values())
 
 
-async def _run(daemon: Daemon, endpoint: str, frames: list[tuple[int, str]], fault=None) -> None:
+async def _run(
+    daemon: Daemon, endpoint: str, frames: list[tuple[int, str]], fault: Fault | None = None
+) -> None:
     await daemon.start()
     try:
         sender = asyncio.create_task(asyncio.to_thread(_send, endpoint, frames, 0.002))
@@ -104,7 +109,7 @@ async def _run(daemon: Daemon, endpoint: str, frames: list[tuple[int, str]], fau
         await daemon.shutdown()
 
 
-def _rows(path: Path) -> tuple[dict[str, Counter[tuple[str, str]]], list]:
+def _rows(path: Path) -> tuple[dict[str, Counter[tuple[str, str]]], list[AlarmEvent]]:
     by: dict[str, Counter[tuple[str, str]]] = {}
     with RunReader(path) as r:
         rows = r.dispositions()
