@@ -44,7 +44,13 @@ def chosen_backends() -> dict[str, str]:
         return dict(_chosen)
 
 
-def _cuda_available() -> bool:
+def _cuda_available(backend: str = "auto") -> bool:
+    """Whether inference would run on a CUDA GPU. For ``onnxruntime`` that is ONNX Runtime's own
+    providers (no torch import: the ONNX-only daemon never loads torch)."""
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        return "CUDAExecutionProvider" in ort.get_available_providers()
     try:
         import torch
     except ImportError:
@@ -102,7 +108,7 @@ def create_runner(
     if precision not in PRECISIONS + ("fp16",):
         raise EngineError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     tag = ""
-    if manifest is not None and backend in ("onnxruntime", "auto") and not _cuda_available():
+    if manifest is not None and backend in ("onnxruntime", "auto") and not _cuda_available(backend):
         path, backend, precision, tag = _cpu_precision(manifest, path, directory, backend, precision)
     if manifest is not None:
         name, inputs, outputs = manifest.name, manifest.inputs, manifest.outputs
