@@ -69,6 +69,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     epics = cfg.alerts.epics
     print(f"  epics:     {f'{epics.prefix}STATE/SCORE/TRIP/MSG/HEARTBEAT' if epics.enabled else 'disabled'}")
     print(f"  store:     {cfg.store.directory}/{cfg.store.filename}")
+    if cfg.cluster.engine == "ray":
+        each = ", ".join(
+            f"{p.name} x{p.replicas} ({p.num_cpus:g} CPU, {p.num_gpus:g} GPU)" for p in cfg.pipelines
+        )
+        print(f"  cluster:   ray at {cfg.cluster.address}: {each}")
     dash = cfg.dashboard
     print(f"  dashboard: {f'http://{dash.host}:{dash.port}/' if dash.enabled else 'disabled'}")
     return 0

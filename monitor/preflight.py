@@ -82,6 +82,8 @@ def check_extras(cfg: MonitorConfig) -> None:
         raise ConfigError(
             "alerts.epics.enabled", "EPICS alarm PVs need caproto: pip install 'operando-monitor[epics]'"
         )
+    if cfg.cluster.engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("cluster.engine", "engine 'ray' needs: pip install 'operando-monitor[cluster]'")
     for i, p in enumerate(cfg.pipelines):
         if p.backend == "torch" and importlib.util.find_spec("torch") is None:
             raise ConfigError(

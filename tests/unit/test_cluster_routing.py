@@ -83,3 +83,29 @@ def test_16m_need_scales_with_pixels_and_uses_a_measured_gpu_rate(tmp_path: Path
     (tmp_path / "gpu.json").write_text(json.dumps({"xct_volume": {"mpx_per_s": 250.0}}))
     rate, src = gpu_rate(tmp_path / "gpu.json")
     assert rate == 250.0 and src.startswith("measured")
+
+
+def test_default_engine_never_imports_ray() -> None:
+    """The single-machine mode stays as it was: building a daemon does not load Ray."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, tempfile\n"
+        "from monitor.config import config_from_dict\n"
+        "from monitor.daemon import Daemon\n"
+        "d = tempfile.mkdtemp()\n"
+        "cfg = config_from_dict({'sources': [{'name': 'det', 'kind': 'array10', "
+        "'endpoint': 'tcp://127.0.0.1:0', 'mode': 'bind'}], "
+        "'pipelines': [{'name': 's', 'kind': 'frame_stats', 'replicas': 3}], "
+        "'store': {'directory': d}, 'dashboard': {'enabled': False}})\n"
+        "Daemon(cfg)\n"
+        "print(sorted(m for m in sys.modules\n"
+        "             if m.split('.')[0] == 'ray' or m.startswith('monitor.cluster.')))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=120, check=False
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]", res.stdout
