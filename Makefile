@@ -13,17 +13,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned; install it first so nothing pulls a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,train,bluesky,epics,plots,cluster]'
+	$(PY) -m pip install -q -e '.[test,train,bluesky,epics,plots,cluster,queueserver,queueserver-test,tiled,tiled-test]'
 	touch $(STAMP)
 
-# Debian chromium for the browser tests: installed when missing and we are root.
+# Debian chromium for the browser tests and redis-server for the queue-server tests (a real
+# RE Manager needs it): installed when missing and we are root.
 chromium:
-	@if [ -x /usr/bin/chromium ]; then :; \
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing Debian chromium for the browser tests"; \
-		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; \
+		echo "installing Debian$$missing for the browser and queue-server tests"; \
+		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
 	else \
-		echo "WARNING: /usr/bin/chromium missing and not root: browser tests will SKIP"; \
+		echo "WARNING:$$missing missing and not root: browser / queue-server tests will SKIP"; \
 	fi
 
 lint: $(STAMP)
