@@ -19,6 +19,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from monitor.config import config_from_dict
 from monitor.daemon import Daemon
+from monitor.sim.stream2 import end_message, image_message, start_message
 from monitor.store import RunReader
 from tests.helpers import ROOT, free_port, good_frame
 
@@ -49,7 +50,7 @@ def _cfg(tmp: Path, name: str, endpoint: str) -> dict[str, object]:
     }
 
 
-def _detector(endpoint: str, peers: int, ready: asyncio.Event | None = None) -> None:
+def _detector(endpoint: str, peers: int, messages: list[list[bytes]] | None = None) -> None:
     """The detector side: bind PUSH, wait until ``peers`` daemons completed the handshake, send."""
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
@@ -62,8 +63,10 @@ def _detector(endpoint: str, peers: int, ready: asyncio.Event | None = None) -> 
             recv_monitor_message(mon)
             seen += 1
     assert seen == peers, f"only {seen} daemon(s) connected"
-    for i in range(N):
-        push.send_multipart(good_frame(i, sat=200 if i in SATURATED else 0))
+    if messages is None:
+        messages = [good_frame(i, sat=200 if i in SATURATED else 0) for i in range(N)]
+    for parts in messages:
+        push.send_multipart(parts)
     push.disable_monitor()
     mon.close()
     push.close()
@@ -115,3 +118,47 @@ async def test_two_daemons_share_one_push_stream_and_merge(tmp_path: Path) -> No
     assert [rec["t"] for rec in journal] == sorted(rec["t"] for rec in journal)
     raised = [rec for rec in journal if rec.get("transition") == "raise"]
     assert {rec["daemon"] for rec in raised} == {str(d.journal_path) for d in daemons}, journal
+
+
+async def test_stream2_fan_out_start_and_end_reach_one_daemon(tmp_path: Path) -> None:
+    """DECTRIS Stream V2 round-robins like PUSH: ``start`` and ``end`` reach one daemon only.
+    The other still stores every image it gets (one row each, logged as joined mid-series)."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    ids = {"series_id": 7, "series_unique_id": "run-7"}
+    img = (np.arange(32 * 48) % 50).astype(np.uint16).reshape(32, 48)
+    n = 40
+    messages = [[start_message(**ids, shape=(32, 48), dtype="uint16")]]
+    messages += [
+        [image_message({"threshold_1": img}, compression="none", image_id=i, **ids)] for i in range(n)
+    ]
+    messages += [[end_message(**ids)]]
+    daemons = []
+    for name in ("a", "b"):
+        cfg = _cfg(tmp_path, name, endpoint)
+        cfg["sources"] = [{"name": f"det-{name}", "kind": "stream2", "endpoint": endpoint, "mode": "connect"}]
+        daemons.append(Daemon(config_from_dict(cfg)))
+    sender = asyncio.create_task(asyncio.to_thread(_detector, endpoint, 2, messages))
+    for d in daemons:
+        await d.start()
+    try:
+        await sender
+        deadline = time.monotonic() + 30
+        while sum(sum(d.telemetry.processed.values()) for d in daemons) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        for d in daemons:
+            d.request_exit()
+            await d.shutdown()
+    indices = []
+    for d in daemons:
+        with RunReader(d.store_path) as r:
+            rows = r.dispositions()
+            assert all(x.status.name == "PROCESSED" for x in rows)
+            indices += [x.index for x in rows]
+    assert sorted(indices) == list(range(n)), "every image in exactly one daemon's file"
+    # start and end each reached exactly one daemon; exactly one daemon saw the start message
+    assert sum(d.sources[0].series_events for d in daemons) == 2
+    blind = [d for d in daemons if d.sources[0].series is None]
+    assert len(blind) == 1, "one daemon never saw the start: no pixel mask, no saturation value"
+    with RunReader(blind[0].store_path) as r:
+        assert len(r.dispositions()) >= n // 2 - 1  # yet it stored its share of the images
