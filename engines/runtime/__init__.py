@@ -188,7 +188,7 @@ def _cpu_precision(
         q = int8_manifest_for(manifest, directory)
         if q is not None and (precision == "int8" or isa.fast_int8):
             log.info(
-                "model %s: int8 (%s, %s on the quantising CPU; this CPU: %s)",
+                "model %s: int8 (%s; %sx fp32 speed where quantised; this CPU: %s)",
                 manifest.name, q.onnx, q.extra.get("speedup_vs_fp32", "?"), isa.summary(),
             )  # fmt: skip
             return onnx_path(q, directory), "onnxruntime", "fp32", f"; int8 {q.onnx} sha256 {q.sha256[:12]}"
