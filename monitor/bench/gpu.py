@@ -175,10 +175,10 @@ def volume_time(
         "device": device,
         "volume_zyx": list(volume),
         "slices_segmented": n,
-        "seconds_measured": round(seconds, 2),
-        "seconds_for_volume": round(total, 1),
+        "seconds_measured": float(f"{seconds:.4g}"),
+        "seconds_for_volume": float(f"{total:.4g}"),
         "scaled_from_slices": n < nz,
-        "mpx_per_s": round(mpx, 1),
+        "mpx_per_s": float(f"{mpx:.4g}"),
         "target_s": TARGET_S,
         "met": total <= TARGET_S,
         "path": f"whole-slice xct_unet_fast, {str(dtype)[6:]}, torch eager on {device}, "
