@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint chromium bench clean
+.PHONY: demo test lint chromium bench bench-gpu quantize clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -43,6 +43,14 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/operando-monitor bench ingest --json bench/ingest.json
+
+# The GPU path (torch CUDA fp16/bf16, CUDA graphs; seed-size XCT volume): skips cleanly without CUDA.
+bench-gpu: $(STAMP)
+	$(VENV)/bin/operando-monitor bench gpu --json bench/gpu.json
+
+# int8 siblings of the segmentation models (re-run after retraining them).
+quantize: $(STAMP)
+	$(VENV)/bin/operando-monitor quantize xct_unet_fast xct_transforcnn xct_ensemble
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

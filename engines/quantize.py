@@ -12,8 +12,9 @@
    within ``tolerance`` (0.005) of fp32; otherwise remove both. A report goes to
    ``reports/quantize/<model>.json`` either way.
 
-Models whose task has no evaluator here (early warning AUROC, particle F1: their evaluation
-lives with their training) are reported as not quantised. Re-run the command after retraining:
+Evaluators: segmentation (mIoU, 8 held-out slices) and instance segmentation (``txm_particle_net``:
+instance F1 on the 40 held-out scenes of its training). Early warning (AUROC) has none here and is
+reported as not quantised. Re-run the command after retraining:
 the int8 manifest records the fp32 model's sha256, and the runtime ignores an int8 model whose
 fp32 parent has changed (:func:`int8_manifest_for`).
 """
@@ -91,10 +92,50 @@ def _segmentation_eval(m: Manifest, predict: Predict, n_eval: int) -> Evaluation
     return Evaluation("mIoU", float(scores(conf).miou), seconds, pixels)
 
 
-EVALUATORS: dict[str, tuple[Callable[..., Iterator[dict[str, np.ndarray]]], Callable[..., Evaluation]]] = {
-    "segmentation": (_segmentation_data, _segmentation_eval),
+def _particle_input(m: Manifest, image: np.ndarray) -> dict[str, np.ndarray]:
+    from engines.models.particle_net import pad_to_multiple
+
+    multiple = int(m.extra.get("multiple", 4))  # type: ignore[call-overload]
+    return {m.inputs[0].name: np.ascontiguousarray(pad_to_multiple(image, multiple)[None, None], np.float32)}
+
+
+def _particle_data(m: Manifest, n_calib: int) -> Iterator[dict[str, np.ndarray]]:
+    from engines.train.alignment_data import make_set
+
+    for s in make_set(CALIB_SEED0, n_calib):
+        yield _particle_input(m, s.image)
+
+
+def _particle_eval(m: Manifest, predict: Predict, n_eval: int) -> Evaluation:
+    """Held-out instance F1 (seeds 100 000…, as in training), network through ONNX."""
+    from engines.models.particle_net import instance_f1, split_instances
+    from engines.train.alignment import upsample_labels
+    from engines.train.alignment_data import HELDOUT_SEED0, make_set
+
+    split = m.extra.get("split", {})
+    split = {k: float(v) for k, v in split.items()} if isinstance(split, dict) else {}
+    tp = fp = fn = 0
+    seconds, pixels = 0.0, 0
+    for s in make_set(HELDOUT_SEED0, n_eval):
+        h, w = s.image.shape
+        t0 = time.perf_counter()
+        out = predict(_particle_input(m, s.image))
+        seconds += time.perf_counter() - t0
+        pixels += s.image.size
+        labels = split_instances(out["fg"][0, 0, :h, :w], out["dist"][0, 0, :h, :w], **split)  # type: ignore[arg-type]
+        a, b, c = instance_f1(upsample_labels(labels, s.factor, s.labels_full.shape), s.labels_full)
+        tp, fp, fn = tp + a, fp + b, fn + c
+    return Evaluation("instance_f1", 2 * tp / max(2 * tp + fp + fn, 1), seconds, pixels)
+
+
+EVALUATORS: dict[
+    str, tuple[Callable[..., Iterator[dict[str, np.ndarray]]], Callable[..., Evaluation], int]
+] = {
+    "segmentation": (_segmentation_data, _segmentation_eval, 8),
+    "instance_segmentation": (_particle_data, _particle_eval, 40),
 }
-"""task → (calibration data, evaluation). Tasks without one are not quantised."""
+"""task → (calibration data, evaluation, default held-out samples). Tasks without one are not
+quantised (early warning: its AUROC evaluation lives with its training data)."""
 
 
 def int8_manifest_for(m: Manifest, weights_dir: Path | str | None = None) -> Manifest | None:
@@ -160,7 +201,7 @@ def quantize_model(
     weights_dir: Path | str | None = None,
     *,
     n_calib: int = 32,
-    n_eval: int = 8,
+    n_eval: int | None = None,
     tolerance: float = TOLERANCE,
     threads: int = 2,
     report_dir: Path | str | None = None,
@@ -182,7 +223,8 @@ def quantize_model(
         report |= {"kept": False, "reason": f"no evaluator for task {m.task!r} here: not quantised"}
         _write_report(report, d, report_dir)
         return report
-    calibration, evaluate = EVALUATORS[m.task]
+    calibration, evaluate, default_eval = EVALUATORS[m.task]
+    n_eval = n_eval or default_eval
     dst = d / f"{name}{INT8_SUFFIX}.onnx"
     config = _quantize(onnx_path(m, d), dst, list(calibration(m, n_calib)))
     with (

@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("models", nargs="+", help="model names (e.g. xct_unet_fast)")
     q.add_argument("--weights", default=None, help="weights directory (default: engines/weights)")
     q.add_argument("--calib", type=int, default=32, help="synthetic calibration samples")
-    q.add_argument("--eval", type=int, default=8, help="held-out evaluation samples")
+    q.add_argument("--eval", type=int, default=None, help="held-out samples (default: per task)")
     q.add_argument("--tolerance", type=float, default=0.005, help="largest metric drop accepted")
     q.add_argument("--threads", type=int, default=2)
     q.set_defaults(fn=cmd_quantize)

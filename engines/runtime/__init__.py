@@ -30,7 +30,8 @@ log = logging.getLogger("engines.runtime")
 BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt", "triton")
 PRECISIONS = ("auto", "fp32", "int8", "bf16")
 """``backend_precision``: ``auto`` uses an accepted int8 model (``operando-monitor quantize``)
-on a CPU with int8 dot-product instructions (VNNI/AMX), else fp32; on CUDA, the backend's own
+on a CPU with int8 dot-product instructions (VNNI/AMX) if it measured faster than fp32 when
+quantised (tiny models can be slower in int8: QDQ overhead), else fp32; on CUDA, the backend's own
 default (fp16). ``int8`` uses the int8 model wherever it exists; ``bf16`` runs the torch module
 in bfloat16 on a CPU with AVX-512 BF16/AMX (ONNX Runtime's CPU provider has no bf16 kernels)."""
 
@@ -192,9 +193,10 @@ def _cpu_precision(
     isa = detect()
     if precision in ("auto", "int8"):
         q = int8_manifest_for(manifest, directory)
-        if q is not None and (precision == "int8" or isa.fast_int8):
+        faster = q is not None and float(q.extra.get("speedup_vs_fp32", 0.0)) > 1.0  # type: ignore[arg-type]
+        if q is not None and (precision == "int8" or (isa.fast_int8 and faster)):
             log.info(
-                "model %s: int8 (%s, %s on the quantising CPU; this CPU: %s)",
+                "model %s: int8 (%s; %sx fp32 speed where quantised; this CPU: %s)",
                 manifest.name, q.onnx, q.extra.get("speedup_vs_fp32", "?"), isa.summary(),
             )  # fmt: skip
             return onnx_path(q, directory), "onnxruntime", "fp32", f"; int8 {q.onnx} sha256 {q.sha256[:12]}"

@@ -45,27 +45,40 @@ def cuda_status() -> tuple[bool, str]:
     return True, f"{torch.cuda.get_device_name(0)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
 
 
-def _time(fn: object, seconds: float = 1.0) -> float:
-    """Median seconds per call of ``fn`` (CUDA-synchronised), after warm-up."""
+def _sync(device: str) -> None:
     import torch
 
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time(fn: object, seconds: float = 1.0, device: str = "cuda") -> float:
+    """Median seconds per call of ``fn`` (device-synchronised), after warm-up."""
     for _ in range(3):
         fn()  # type: ignore[operator]
-    torch.cuda.synchronize()
+    _sync(device)
     times: list[float] = []
     t_end = time.perf_counter() + seconds
     while time.perf_counter() < t_end or len(times) < 5:
         t0 = time.perf_counter()
         fn()  # type: ignore[operator]
-        torch.cuda.synchronize()
+        _sync(device)
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
 
-def model_throughput(weights: Path | None, seconds: float) -> dict[str, object]:
-    """Items/s per model, precision and batch on the GPU (torch runner with CUDA graphs)."""
+def model_throughput(
+    weights: Path | None,
+    seconds: float,
+    *,
+    device: str = "cuda",
+    precisions: tuple[str, ...] = ("fp16", "bf16"),
+    batches: tuple[int, ...] = BATCHES,
+) -> dict[str, object]:
+    """Items/s per model, precision and batch (torch runner; CUDA graphs on CUDA)."""
     import torch
 
+    from engines.errors import EngineError
     from engines.registry import list_models, load_manifest
     from engines.runtime import create_runner
 
@@ -73,30 +86,36 @@ def model_throughput(weights: Path | None, seconds: float) -> dict[str, object]:
     for listed in list_models(weights):
         if listed.extra.get("precision") == "int8" or not listed.extra.get("torch"):
             continue
-        m = load_manifest(listed.name, weights)
         per: dict[str, object] = {}
-        for precision in ("fp16", "bf16"):
-            runner = create_runner(m, "torch", weights_dir=weights, device="cuda", precision=precision)
-            rates: dict[str, float] = {}
-            with runner:
-                for batch in BATCHES:
-                    feeds = {s.name: _example(s, m, batch) for s in m.inputs}
-                    try:
-                        t = _time(lambda f=feeds, r=runner: r.infer(f), seconds)  # type: ignore[misc]
-                    except torch.cuda.OutOfMemoryError:
-                        torch.cuda.empty_cache()
-                        break
-                    rates[str(batch)] = round(batch / t, 1)
-            best = max(rates, key=lambda b: rates[b]) if rates else None
-            per[precision] = {"items_per_s": rates, "best_batch": best, "runner": runner.describe()}
-        out[m.name] = per
+        try:
+            m = load_manifest(listed.name, weights)
+            for precision in precisions:
+                runner = create_runner(m, "torch", weights_dir=weights, device=device, precision=precision)
+                rates: dict[str, float] = {}
+                with runner:
+                    for batch in batches:
+                        feeds = {s.name: _example(s, m, batch) for s in m.inputs}
+                        try:
+                            fn = lambda f=feeds, r=runner: r.infer(f)  # noqa: E731
+                            t = _time(fn, seconds, device)
+                        except torch.cuda.OutOfMemoryError:
+                            torch.cuda.empty_cache()
+                            break
+                        rates[str(batch)] = round(batch / t, 1)
+                best = max(rates, key=lambda b: rates[b]) if rates else None
+                per[precision] = {"items_per_s": rates, "best_batch": best, "runner": runner.describe()}
+        except (EngineError, RuntimeError, ValueError) as exc:  # one model's failure is reported
+            log.warning("bench gpu: %s: %s", listed.name, exc)
+            per["error"] = f"{type(exc).__name__}: {exc}"
+        out[listed.name] = per
     return out
 
 
 def _example(spec: object, m: object, batch: int) -> np.ndarray:
-    """A random input of the manifest's shape (symbolic dims from ``extra.bench_shape`` or 128)."""
+    """A random input of the manifest's shape (symbolic dims from ``extra.bench_dims`` or 128)."""
     shape = [batch]
-    hints = m.extra.get("bench_shape", {})  # type: ignore[attr-defined]
+    hints = m.extra.get("bench_dims", {})  # type: ignore[attr-defined]
+    hints = hints if isinstance(hints, dict) else {}
     for d in spec.shape[1:]:  # type: ignore[attr-defined]
         shape.append(int(d) if isinstance(d, int) else int(hints.get(str(d), 128)))
     dtype = np.dtype(spec.dtype)  # type: ignore[attr-defined]
@@ -104,8 +123,14 @@ def _example(spec: object, m: object, batch: int) -> np.ndarray:
     return (rng.random(shape) if dtype.kind == "f" else rng.integers(0, 2, shape)).astype(dtype)
 
 
-def volume_time(weights: Path | None, frames: int | None) -> dict[str, object]:
-    """Seconds to segment the seed-size volume slice by slice (scaled from ``frames`` slices)."""
+def volume_time(
+    weights: Path | None,
+    frames: int | None,
+    *,
+    device: str = "cuda",
+    volume: tuple[int, int, int] = SEED_VOLUME,
+) -> dict[str, object]:
+    """Seconds to segment ``volume`` slice by slice (scaled from ``frames`` slices)."""
     import torch
 
     from engines.registry import WEIGHTS_DIR, load_manifest
@@ -113,47 +138,51 @@ def volume_time(weights: Path | None, frames: int | None) -> dict[str, object]:
     from engines.synth.xct import make_slice
 
     m = load_manifest("xct_unet_fast", weights)
-    module = torch_module_from_manifest(m, weights or WEIGHTS_DIR).eval().to("cuda", torch.float16)
+    cuda = device.startswith("cuda")
+    dtype = torch.float16 if cuda else torch.float32
+    module = torch_module_from_manifest(m, weights or WEIGHTS_DIR).eval().to(device, dtype)
     multiple = int(m.extra.get("multiple", 16))  # type: ignore[call-overload]
-    nz, ny, nx = SEED_VOLUME
+    nz, ny, nx = volume
     n = min(frames or nz, nz)
     base = [make_slice((ny, nx), 990_000 + i)[0].astype(np.float32) for i in range(4)]
-    host = [torch.from_numpy(b).pin_memory() for b in base]
+    host = [torch.from_numpy(b).pin_memory() if cuda else torch.from_numpy(b) for b in base]
     ph, pw = -(-ny // multiple) * multiple, -(-nx // multiple) * multiple
-    labels_host = torch.empty((ny, nx), dtype=torch.uint8).pin_memory()
+    labels_host = torch.empty((ny, nx), dtype=torch.uint8)
+    labels_host = labels_host.pin_memory() if cuda else labels_host
+    q = torch.tensor([0.01, 0.99], device=device)
 
     def segment(k: int) -> None:
-        x = host[k % len(host)].to("cuda", non_blocking=True) * (1.0 + 0.01 * (k % 7))
+        x = host[k % len(host)].to(device, non_blocking=True) * (1.0 + 0.01 * (k % 7))
         sub = x[::4, ::4].flatten()
-        lo, hi = torch.quantile(
-            sub[:: max(1, sub.numel() // 1_000_000)], torch.tensor([0.01, 0.99], device="cuda")
-        )
-        x = ((x - lo) / torch.clamp(hi - lo, min=1e-6)).to(torch.float16)
+        lo, hi = torch.quantile(sub[:: max(1, sub.numel() // 1_000_000)], q)
+        x = ((x - lo) / torch.clamp(hi - lo, min=1e-6)).to(dtype)
         x = torch.nn.functional.pad(x[None, None], (0, pw - nx, 0, ph - ny), mode="reflect")
         with torch.inference_mode():
             probs = module(x)
         labels_host.copy_(probs[0, :, :ny, :nx].argmax(0).to(torch.uint8), non_blocking=True)
 
-    for k in range(3):
+    for k in range(min(3, n)):
         segment(k)
-    torch.cuda.synchronize()
+    _sync(device)
     t0 = time.perf_counter()
     for k in range(n):
         segment(k)
-    torch.cuda.synchronize()
+    _sync(device)
     seconds = time.perf_counter() - t0
     total = seconds * nz / n
     mpx = nz * ny * nx / total / 1e6
     return {
-        "volume_zyx": list(SEED_VOLUME),
+        "device": device,
+        "volume_zyx": list(volume),
         "slices_segmented": n,
-        "seconds_measured": round(seconds, 2),
-        "seconds_for_volume": round(total, 1),
+        "seconds_measured": float(f"{seconds:.4g}"),
+        "seconds_for_volume": float(f"{total:.4g}"),
         "scaled_from_slices": n < nz,
-        "mpx_per_s": round(mpx, 1),
+        "mpx_per_s": float(f"{mpx:.4g}"),
         "target_s": TARGET_S,
         "met": total <= TARGET_S,
-        "path": "whole-slice xct_unet_fast, fp16, torch eager on CUDA, normalise/pad/argmax on the GPU",
+        "path": f"whole-slice xct_unet_fast, {str(dtype)[6:]}, torch eager on {device}, "
+        "normalise/pad/argmax on the device",
     }
 
 

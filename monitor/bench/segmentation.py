@@ -161,11 +161,33 @@ def run_bench(
             "mpx_per_s": round(_throughput(r, big_img, TileSpec(256, 64, 24, 4), 16, 1), 3),
         }
     result["models"] = models
+    result["bf16_onnxruntime_cpu"] = ort_bf16_probe()
     result["config"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]  # type: ignore[index]
     result["verdict"] = _verdict(models)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def ort_bf16_probe() -> str:
+    """Whether ONNX Runtime's CPU provider runs a bfloat16 Conv (opset 22): 'ok' or its error."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.BFLOAT16, [4, 4, 3, 3], bytes(2 * 144), raw=True)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "bf16_conv",
+        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [1, 4, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [1, 4, 16, 16])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - the probe reports whatever ORT says
+        return f"onnxruntime {ort.__version__}: {type(exc).__name__}: {str(exc)[:160]}"
+    return "ok"
 
 
 def _measure(

@@ -89,3 +89,17 @@ def test_negative_max_latency_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         config_from_dict(_config(tmp_path, "tcp://127.0.0.1:1", -1))
     assert PipelineSettings(name="p", kind="frame_stats").max_latency_ms == 0
+
+
+def test_health_panel_shows_stale_skips_and_p99_per_pipeline() -> None:
+    from dashboards.panels.health import HealthPanel
+    from monitor.telemetry import Telemetry
+
+    t = Telemetry()
+    t.skipped["stale"] += 3
+    for ms in (10, 20, 900):
+        t.observe_latency(ms / 1e3, "segmentation")
+    t.observe_latency(0.004, "stats")
+    text = HealthPanel._counters_html(t.snapshot())
+    assert "stale 3" in text and "p99 by pipeline" in text
+    assert "segmentation 8" in text and "stats 4 ms" in text  # p99 of (10, 20, 900) ms is ~883 ms

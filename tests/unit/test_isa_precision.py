@@ -43,7 +43,7 @@ def weights(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _fake_int8(weights: Path, fp32_sha: str | None = None) -> None:
+def _fake_int8(weights: Path, fp32_sha: str | None = None, speedup: float = 1.8) -> None:
     """An 'int8' sibling (here a copy of the fp32 ONNX, enough to test the choice)."""
     import json
 
@@ -53,7 +53,11 @@ def _fake_int8(weights: Path, fp32_sha: str | None = None) -> None:
     shutil.copy(weights / "xct_unet_fast.onnx", weights / "xct_unet_fast_int8.onnx")
     q = src | {"name": "xct_unet_fast_int8", "onnx": "xct_unet_fast_int8.onnx"}
     q["sha256"] = sha256_file(weights / "xct_unet_fast_int8.onnx")
-    q["extra"] = src["extra"] | {"precision": "int8", "fp32_sha256": fp32_sha or src["sha256"]}
+    q["extra"] = src["extra"] | {
+        "precision": "int8",
+        "fp32_sha256": fp32_sha or src["sha256"],
+        "speedup_vs_fp32": speedup,
+    }
     (weights / "xct_unet_fast_int8.json").write_text(json.dumps(q))
 
 
@@ -76,6 +80,10 @@ def test_precision_choice(
     monkeypatch.setattr(isa, "detect", lambda: isa.parse_cpuinfo(EPYC, 2))
     assert not _uses_int8(weights, "auto")  # no VNNI/AMX: fp32
     assert not _uses_int8(weights, "bf16")  # no bf16 instructions: fp32
+    monkeypatch.setattr(isa, "detect", lambda: isa.parse_cpuinfo(SAPPHIRE, 2))
+    _fake_int8(weights, speedup=0.5)  # measured slower when quantised (a tiny model): auto keeps fp32
+    assert not _uses_int8(weights, "auto")
+    assert _uses_int8(weights, "int8")
 
 
 def test_int8_of_another_fp32_model_is_ignored(weights: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -44,6 +44,6 @@ def test_quantize_rejects_and_removes_when_the_metric_drops(tmp_path: Path) -> N
 
 
 def test_tasks_without_an_evaluator_are_reported_not_quantised(tmp_path: Path) -> None:
-    weights = _copy(tmp_path, "txm_particle_net")
-    r = quantize_model("txm_particle_net", weights, report_dir=tmp_path / "rep")
+    weights = _copy(tmp_path, "early_warning_cnn_gru")
+    r = quantize_model("early_warning_cnn_gru", weights, report_dir=tmp_path / "rep")
     assert not r["kept"] and "no evaluator" in str(r["reason"])
