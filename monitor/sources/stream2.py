@@ -62,6 +62,9 @@ REASONS = tuple(
 """Every reason code :func:`decode_stream2` can raise. A malformed ``pixel_mask`` does not reject
 its start message: the series keeps its other fields and the problem is counted as
 ``bad_pixel_mask`` in :attr:`Stream2Source.start_problems` (see :attr:`SeriesInfo.mask_error`)."""
+SOURCE_REASONS = (*REASONS, "unknown_type", "internal_error")
+"""Every reason :class:`Stream2Source` stores: the decoder's, a message type it does not use
+(``unknown_type``: still one row) and an unexpected exception (``internal_error``)."""
 
 MESSAGE_OVERHEAD_BYTES = 1 << 20
 """A message may exceed ``4 * max_frame_bytes`` by this much (start messages carry masks)."""

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import cbor2
 import numpy as np
 import zmq
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from monitor.config import SourceSettings
@@ -16,7 +16,14 @@ from monitor.errors import FrameRejected
 from monitor.frames import Frame, IngestEvent, Rejection, SeriesEvent
 from monitor.sim.stream2 import end_message, image_message, start_message
 from monitor.sources import cbor_arrays
-from monitor.sources.stream2 import REASONS, Ignored, SeriesStart, Stream2Source, decode_stream2
+from monitor.sources.stream2 import (
+    REASONS,
+    SOURCE_REASONS,
+    Ignored,
+    SeriesStart,
+    Stream2Source,
+    decode_stream2,
+)
 
 MAX_FRAME_BYTES = 4096
 IDS = {"series_id": 1, "series_unique_id": "s1"}
@@ -140,6 +147,7 @@ class _Collector:
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(MESSAGES | st.sampled_from(VALID), min_size=1, max_size=12))
+@example([cbor2.dumps({"type": ""})])  # an empty type: a row with reason unknown_type
 def test_source_counts_every_message(messages: list[bytes]) -> None:
     source = Stream2Source(
         SourceSettings(
@@ -164,7 +172,7 @@ def test_source_counts_every_message(messages: list[bytes]) -> None:
         n_rejected,
         n_series,
     )
-    assert all(r.reason in REASONS for r in emit.events if isinstance(r, Rejection))
+    assert all(r.reason in SOURCE_REASONS for r in emit.events if isinstance(r, Rejection))
 
 
 def _plain(value: object) -> object:
