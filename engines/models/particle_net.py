@@ -120,6 +120,7 @@ def split_instances(
     min_size_px: int = 12,
     close_px: int = 1,
     merge_ratio: float = 0.7,
+    merge_dist: float = 0.3,
 ) -> np.ndarray:
     """Instance labels (int32, 0 = background) from the two output maps by seeded watershed.
 
@@ -130,8 +131,10 @@ def split_instances(
       network left out is inside the particle again;
     - the watershed grows the seeds on the distance transform of that closed mask, and two
       adjacent regions are merged when the mask's inscribed radius where they meet (the neck)
-      is at least ``merge_ratio`` of the smaller region's inscribed radius: a crack leaves the
-      closed mask as wide as the particle, two touching particles meet at a narrow neck.
+      is at least ``merge_ratio`` of the smaller region's inscribed radius (a crack leaves the
+      closed mask as wide as the particle, two touching particles meet at a narrow neck) *and*
+      the network's distance map does not drop below ``merge_dist`` all along their border
+      (where two particles touch it was trained to go to 0).
 
     Tiny seeds and instances are dropped; labels are then restricted to the network's own
     foreground with each particle's holes filled."""
@@ -158,7 +161,7 @@ def split_instances(
     # breaker (the network's map is flat across a crack it did not see).
     labels = watershed(-(dist + 0.05 * edt / max(float(edt.max()), 1.0)), markers, mask=mask).astype(np.int32)
     if merge_ratio > 0 and labels.max() > 1:
-        labels = _merge_wide_necks(labels, edt, merge_ratio)
+        labels = _merge_wide_necks(labels, edt, dist, merge_ratio, merge_dist)
     labels = np.where(raw | (labels > 0) & ~_outer_gaps(raw, mask), labels, 0).astype(np.int32)
     sizes = np.bincount(labels.ravel(), minlength=labels.max() + 1)
     keep = sizes >= min_size_px
@@ -180,29 +183,36 @@ def _outer_gaps(raw: np.ndarray, closed: np.ndarray) -> np.ndarray:
     return added & ~filled & ~inner
 
 
-def _merge_wide_necks(labels: np.ndarray, edt: np.ndarray, ratio: float) -> np.ndarray:
+def _merge_wide_necks(
+    labels: np.ndarray, edt: np.ndarray, dist: np.ndarray, ratio: float, min_dist: float
+) -> np.ndarray:
     """Merge adjacent regions whose contact (the largest inscribed radius along their common
-    border) is at least ``ratio`` of the smaller region's largest inscribed radius."""
+    border) is at least ``ratio`` of the smaller region's largest inscribed radius and along
+    whose border the network's distance map reaches ``min_dist``."""
     n = int(labels.max())
     peak = np.zeros(n + 1, np.float32)
     peak[1:] = np.asarray(ndimage.maximum(edt, labels, index=np.arange(1, n + 1)), np.float32)
     keys: list[np.ndarray] = []
     vals: list[np.ndarray] = []
-    for a, b, ea, eb in (
-        (labels[:, :-1], labels[:, 1:], edt[:, :-1], edt[:, 1:]),
-        (labels[:-1, :], labels[1:, :], edt[:-1, :], edt[1:, :]),
+    dvals: list[np.ndarray] = []
+    for a, b, ea, eb, da, db in (
+        (labels[:, :-1], labels[:, 1:], edt[:, :-1], edt[:, 1:], dist[:, :-1], dist[:, 1:]),
+        (labels[:-1, :], labels[1:, :], edt[:-1, :], edt[1:, :], dist[:-1, :], dist[1:, :]),
     ):
         m = (a != b) & (a > 0) & (b > 0)
         if m.any():
             lo, hi = np.minimum(a[m], b[m]), np.maximum(a[m], b[m])
             keys.append(lo.astype(np.int64) * (n + 1) + hi)
             vals.append(np.minimum(ea[m], eb[m]))
+            dvals.append(np.minimum(da[m], db[m]))
     if not keys:
         return labels
-    k, v = np.concatenate(keys), np.concatenate(vals)
+    k, v, dv = np.concatenate(keys), np.concatenate(vals), np.concatenate(dvals).astype(np.float32)
     uniq, inv = np.unique(k, return_inverse=True)
     neck = np.zeros(uniq.size, np.float32)
     np.maximum.at(neck, inv, v)
+    dneck = np.zeros(uniq.size, np.float32)
+    np.maximum.at(dneck, inv, dv)
     parent = np.arange(n + 1)
 
     def root(i: int) -> int:
@@ -211,9 +221,9 @@ def _merge_wide_necks(labels: np.ndarray, edt: np.ndarray, ratio: float) -> np.n
             i = int(parent[i])
         return i
 
-    for key, nk in zip(uniq, neck, strict=True):
+    for key, nk, dk in zip(uniq, neck, dneck, strict=True):
         a, b = int(key // (n + 1)), int(key % (n + 1))
-        if nk >= ratio * min(peak[a], peak[b]):
+        if nk >= ratio * min(peak[a], peak[b]) and dk >= min_dist:
             ra, rb = root(a), root(b)
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)
