@@ -31,6 +31,7 @@ class RealLike:
     labels: np.ndarray  # (H, W) uint16 instance labels
     contrast: str  # "transmission" or "absorbance"
     diameter_px: float  # median particle diameter used to draw the frame
+    density: np.ndarray  # (H, W) float32 material density map (before the look)
 
 
 def _smooth(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -154,7 +155,7 @@ def real_like(
             dens_map[ys, xs] += dens[sub]
         covered += float(m.sum())
     image = _render(rng, dens_map, contrast, diameter_px)
-    return RealLike(image, labels, contrast, float(diameter_px))
+    return RealLike(image, labels, contrast, float(diameter_px), dens_map)
 
 
 def _artefacts(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
@@ -177,27 +178,163 @@ def _artefacts(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _render(rng: np.random.Generator, dens: np.ndarray, contrast: str, diameter: float) -> np.ndarray:
-    shape = dens.shape
+@dataclass(frozen=True)
+class Look:
+    """The fixed part of how a density map becomes an image (one per stack): background, flat
+    field, artefacts, contrast and noise levels."""
+
+    contrast: str
+    offset: np.ndarray  # absorbance: background image added; transmission: unused
+    flat: np.ndarray  # transmission: I0 · flat field; absorbance: unused
+    level: float  # absorbance: value of unit density; transmission: attenuation per unit density
+    noise: float
+    blur: float
+    scale: float
+    binder: np.ndarray  # absorbance: faint binder texture outside particles
+
+
+def make_look(rng: np.random.Generator, shape: tuple[int, int], contrast: str, diameter: float) -> Look:
     low = _smooth(rng, shape, max(shape) / rng.uniform(3, 8))
     if contrast == "absorbance":
-        bg = rng.uniform(0.0, 0.25)
-        level = rng.uniform(0.5, 1.0)
+        level = float(rng.uniform(0.5, 1.0))
         binder = np.clip(_smooth(rng, shape, max(1.0, diameter / rng.uniform(6, 20))), 0, None)
-        img = bg + level * dens + rng.uniform(0.0, 0.15) * level * binder * (dens == 0)
-        img += rng.uniform(0.0, 0.08) * level * low
-        img += rng.uniform(0.0, 0.06) * level * _artefacts(rng, shape)
-        img += rng.uniform(0.02, 0.12) * level * rng.standard_normal(shape).astype(np.float32)
-        img = ndimage.gaussian_filter(img, rng.uniform(0.3, 1.2))
-        scale = rng.choice([255.0, 1.0, 4000.0])
-        return (img * scale).astype(np.float32)
-    mu = rng.uniform(0.4, 1.6)
+        offset = rng.uniform(0.0, 0.25) + rng.uniform(0.0, 0.08) * level * low
+        offset = offset + rng.uniform(0.0, 0.06) * level * _artefacts(rng, shape)
+        return Look(
+            contrast, offset.astype(np.float32), np.ones(1, np.float32), level,
+            float(rng.uniform(0.02, 0.12) * level), float(rng.uniform(0.3, 1.2)),
+            float(rng.choice([255.0, 1.0, 4000.0])),
+            (rng.uniform(0.0, 0.15) * level * binder).astype(np.float32),
+        )  # fmt: skip
     flat = 1 + rng.uniform(0.02, 0.3) * low + rng.uniform(0.0, 0.03) * _artefacts(rng, shape)
     flat *= 1 + rng.uniform(0.0, 0.03) * _smooth(rng, shape, 1.5)  # flat-field residue (scintillator)
-    counts = rng.uniform(300, 20000)
-    i = counts * flat * np.exp(-mu * dens)
-    i = i + rng.uniform(0.5, 2.0) * np.sqrt(np.maximum(i, 0)) * rng.standard_normal(shape).astype(np.float32)
-    i = ndimage.gaussian_filter(i, rng.uniform(0.3, 1.0))
-    if rng.random() < 0.5:  # flat-corrected I/I0
-        i = i / counts
-    return np.clip(i, 0, None).astype(np.float32)
+    counts = float(rng.uniform(300, 20000))
+    scale = 1.0 / counts if rng.random() < 0.5 else 1.0  # flat-corrected I/I0, or counts
+    return Look(
+        contrast, np.zeros(1, np.float32), (counts * flat).astype(np.float32), float(rng.uniform(0.4, 1.6)),
+        float(rng.uniform(0.5, 2.0)), float(rng.uniform(0.3, 1.0)), scale, np.zeros(1, np.float32),
+    )  # fmt: skip
+
+
+def apply_look(
+    look: Look, dens: np.ndarray, rng: np.random.Generator, drift: np.ndarray | float = 0.0
+) -> np.ndarray:
+    """The image of density map ``dens`` (``drift``: a background change added to the offset or,
+    in transmission, multiplied into the flat field as ``exp(drift)``)."""
+    shape = dens.shape
+    if look.contrast == "absorbance":
+        img = look.offset + drift + look.level * dens + look.binder * (dens == 0)
+        img = img + look.noise * rng.standard_normal(shape).astype(np.float32)
+        img = ndimage.gaussian_filter(img, look.blur)
+        return (img * look.scale).astype(np.float32)
+    i = look.flat * np.exp(drift) * np.exp(-look.level * dens)
+    i = i + look.noise * np.sqrt(np.maximum(i, 0)) * rng.standard_normal(shape).astype(np.float32)
+    i = ndimage.gaussian_filter(i, look.blur)
+    return (np.clip(i, 0, None) * look.scale).astype(np.float32)
+
+
+def _render(rng: np.random.Generator, dens: np.ndarray, contrast: str, diameter: float) -> np.ndarray:
+    return apply_look(make_look(rng, dens.shape, contrast, diameter), dens, rng)
+
+
+@dataclass(frozen=True)
+class RealStack:
+    """A stack of one real-like field under motion, with the ground truth per particle."""
+
+    frames: np.ndarray  # (T, H, W) float32
+    labels: np.ndarray  # (H, W) uint16 instance labels of frame 0
+    contrast: str
+    whole: np.ndarray  # (P,) bool: particle fully inside the field in every frame
+    centres: np.ndarray  # (T, P, 2) particle centres (mask centroid moved by the field)
+    displacement: np.ndarray  # (T, P, 2) relative to frame 0: mean of the field over the particle
+    diameter_px: float
+
+
+def _field(rng: np.random.Generator, shape: tuple[int, int], amplitude: float) -> np.ndarray:
+    """A smooth zero-mean displacement field (2, H, W) whose largest magnitude is ``amplitude``."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = np.zeros((2, h, w), np.float32)
+    for c in range(2):
+        for _ in range(3):
+            k = rng.uniform(0.5, 1.5, 2) * 2 * np.pi / np.array([h, w]) * rng.choice([-1, 1], 2)
+            out[c] += rng.standard_normal() * np.sin(k[0] * yy + k[1] * xx + rng.uniform(0, 2 * np.pi))
+        a = rng.standard_normal(2) * 0.5
+        out[c] += a[0] * (yy / h - 0.5) + a[1] * (xx / w - 0.5)
+    out -= out.mean(axis=(1, 2), keepdims=True)
+    return out * (amplitude / (float(np.hypot(out[0], out[1]).max()) + 1e-9))
+
+
+def real_stack(
+    seed: int,
+    frames: int = 100,
+    shape: tuple[int, int] = (460, 460),
+    diameter_px: float | None = None,
+    contrast: str | None = None,
+    *,
+    jitter_px: float = 0.6,
+    nonrigid_px: float = 4.0,
+) -> RealStack:
+    """``frames`` frames of one real-like field: a rigid random walk (steps of ``jitter_px``),
+    a smooth non-rigid field growing to ``nonrigid_px`` at its largest, per-particle contrast
+    change through a XANES-like edge (each particle its own amplitude, core and shell
+    differently), slow background drift and fresh noise in every frame."""
+    rng = np.random.default_rng(seed)
+    if diameter_px is None:
+        diameter_px = float(rng.uniform(45, 80))
+    base = real_like(rng, shape, diameter_px, contrast=contrast, fill=float(rng.uniform(0.2, 0.35)))
+    look = make_look(rng, shape, base.contrast, diameter_px)
+    h, w = shape
+    lab = base.labels.astype(np.int64)
+    n = int(lab.max())
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    area = np.bincount(lab.ravel(), minlength=n + 1).astype(np.float64)
+    cy = np.bincount(lab.ravel(), weights=yy.ravel(), minlength=n + 1) / np.maximum(area, 1)
+    cx = np.bincount(lab.ravel(), weights=xx.ravel(), minlength=n + 1) / np.maximum(area, 1)
+    # Per-pixel radius from its particle's centre (normalised), for core/shell contrast.
+    rad = np.hypot(yy - cy[lab], xx - cx[lab]) / np.sqrt(np.maximum(area[lab], 1) / np.pi)
+    amp = rng.uniform(-0.25, 0.35, n + 1)
+    shell = rng.uniform(-0.3, 0.3, n + 1)
+    onset = rng.uniform(0.2, 0.8, n + 1)
+    steps = rng.standard_normal((frames, 2)) * jitter_px
+    steps[0] = 0
+    rigid = np.cumsum(steps, axis=0)
+    field = _field(rng, shape, nonrigid_px)
+    drift_map = _smooth(rng, shape, max(shape) / 4)
+    growth = np.linspace(0.0, 1.0, frames) ** 1.5
+    out = np.empty((frames, h, w), np.float32)
+    centres = np.zeros((frames, n, 2))
+    disp = np.zeros((frames, n, 2))
+    fy_mean = np.bincount(lab.ravel(), weights=field[0].ravel(), minlength=n + 1) / np.maximum(area, 1)
+    fx_mean = np.bincount(lab.ravel(), weights=field[1].ravel(), minlength=n + 1) / np.maximum(area, 1)
+    border = np.zeros(n + 1, bool)
+    for t in range(frames):
+        s = t / max(frames - 1, 1)
+        uy = rigid[t, 0] + growth[t] * field[0]
+        ux = rigid[t, 1] + growth[t] * field[1]
+        # Backward map: the value at x comes from x - u(x) (u is smooth, so the inverse is close).
+        src = np.stack([yy - uy, xx - ux])
+        xanes = 1 + (amp + shell * 0)[lab] / (1 + np.exp(-(s - onset[lab]) / 0.08))
+        xanes = xanes + (shell[lab] * rad * (s > onset[lab])) * (lab > 0)
+        dens_t = ndimage.map_coordinates(
+            base.density * np.where(lab > 0, xanes, 1.0), src, order=1, mode="constant"
+        )
+        drift = 0.05 * s * drift_map
+        out[t] = apply_look(
+            look,
+            dens_t.astype(np.float32),
+            rng,
+            drift if base.contrast == "transmission" else 0.05 * s * drift_map * look.level,
+        )
+        d = rigid[t][None, :] + growth[t] * np.stack([fy_mean[1:], fx_mean[1:]], axis=1)
+        disp[t] = d
+        centres[t] = np.stack([cy[1:], cx[1:]], axis=1) + d
+        moved = ndimage.map_coordinates(lab, src, order=0, mode="constant")
+        for arr in (moved[0], moved[-1], moved[:, 0], moved[:, -1]):
+            border[arr] = True
+    for arr in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
+        border[arr] = True
+    whole = ~border[1:] & (area[1:] > 0)
+    return RealStack(
+        out, base.labels, base.contrast, whole, centres, disp - disp[0][None], float(diameter_px)
+    )

@@ -197,7 +197,8 @@ def ship(
                 "multiple": model.multiple,
                 "split": {"fg_threshold": 0.5, "seed_threshold": 0.45},
                 "heldout_seeds": f"{HELDOUT_SEED0}..{HELDOUT_SEED0 + cfg.val_frames - 1}",
-                "real_like_heldout_seeds": f"{REAL_HELDOUT_SEED0}..{REAL_HELDOUT_SEED0 + cfg.real_val_frames - 1}",
+                "real_like_heldout_seeds": f"{REAL_HELDOUT_SEED0}.."
+                f"{REAL_HELDOUT_SEED0 + cfg.real_val_frames - 1}",
                 "input": (
                     "one channel, particles positive on a background near 0: transmission frames "
                     "(dark particles) as -log I, absorbance / optical density / CT slices (bright "

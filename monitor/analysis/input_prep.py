@@ -70,7 +70,9 @@ def check_frame(arr: np.ndarray) -> tuple[np.ndarray, int]:
 class SeriesInput:
     """Contrast and scale of the current series; see the module docstring."""
 
-    def __init__(self, contrast: str, diameter_px: float, fixed_factor: int, target_px: float, name: str) -> None:
+    def __init__(
+        self, contrast: str, diameter_px: float, fixed_factor: int, target_px: float, name: str
+    ) -> None:
         self.contrast_opt = contrast
         self.diameter_opt = diameter_px
         self.fixed_factor = fixed_factor

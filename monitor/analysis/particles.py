@@ -143,7 +143,9 @@ def particle_rois(
     # row/column of blocks is the border.
     by, bx = min(lh, -(-shape[0] // factor)) - 1, min(lw, -(-shape[1] // factor)) - 1
     border = np.zeros(n + 1, bool)
-    border[np.concatenate([labels[0, : bx + 1], labels[by, : bx + 1], labels[: by + 1, 0], labels[: by + 1, bx]])] = True
+    border[
+        np.concatenate([labels[0, : bx + 1], labels[by, : bx + 1], labels[: by + 1, 0], labels[: by + 1, bx]])
+    ] = True
     rois = []
     for k, box in enumerate(boxes, start=1):
         if box is None or areas[k - 1] == 0:
