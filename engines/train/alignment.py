@@ -75,8 +75,8 @@ def quick_config(seed: int = 0) -> TrainConfig:
 def real_config(seed: int = 0) -> TrainConfig:
     """The shipped 2.0 model: fine-tuned from 1.0 on txm_xanes + real-like frames."""
     return TrainConfig(
-        train_frames=500, val_frames=40, steps=1400, batch=12, crop=96, lr=2e-3, seed=seed,
-        large_fraction=0.08, real_frames=1300, real_val_frames=80,
+        train_frames=300, val_frames=40, steps=700, batch=12, crop=96, lr=2e-3, seed=seed,
+        large_fraction=0.08, real_frames=700, real_val_frames=60,
         init=str(WEIGHTS_DIR / f"{MODEL_NAME}.pt"),
     )  # fmt: skip
 

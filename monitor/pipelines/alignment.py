@@ -45,6 +45,7 @@ from monitor.analysis.input_prep import (
     check_frame,
 )
 from monitor.analysis.particles import ParticleROI, particle_rois, split
+from monitor.analysis.refine import ParticleRefiner
 from monitor.analysis.registration import CentreEstimate, ShiftTracker, aligned_crop, box_mean, register_all
 from monitor.analysis.tracking import Kinematics, KinematicsState, Tracker, TrackUpdate, thumbnails
 from monitor.analysis.xanes import ScanAccumulator, XanesMaps, XanesSettings
@@ -111,6 +112,11 @@ class AlignmentOptions:
     """On frames without a network pass, re-place the propagated masks at the measured centres
     and measure once more."""
     """SSIM of every match on every N-th frame (monitoring); far matches are always confirmed."""
+    refine_pcc: bool = True
+    """Per-particle sub-pixel refinement: phase correlation of the particle's masked ROI with its
+    reference (``monitor.analysis.refine``); applied when the quality is at least ``min_quality``."""
+    min_quality: float = 0.6
+    """Registration quality a particle needs to be refined and to count in the rigid/non-rigid split."""
     rate_window: int = 8
     tail: int = 40
     xanes: bool = True
@@ -167,6 +173,7 @@ class AlignmentPipeline:
         target = float(self.manifest.normalisation.get("training_diameter_px", TRAINING_DIAMETER_PX))
         self.input = SeriesInput(o.contrast, o.particle_diameter_px, o.downsample, target, self.name)
         self._slots_warned: set[str] = set()
+        self.refiner = ParticleRefiner(o.min_quality)
         self.tracker = Tracker(o.max_particles, o.gate_px, o.confirm_px, o.min_ssim, o.max_missing)
         self.kin = Kinematics(o.rate_window, o.tail)
         self.xanes_settings = XanesSettings(ni2_edge_eV=o.ni2_edge_eV, ni4_edge_eV=o.ni4_edge_eV)
@@ -306,6 +313,7 @@ class AlignmentPipeline:
                 self._area.clear()
                 self._rois = []
                 self._shift.reset()
+                self.refiner.reset()
             self._sample = sample
         self._series = frame.series
         rb = o.reg_bin
@@ -345,12 +353,10 @@ class AlignmentPipeline:
                 self._area.setdefault(t.id, r.area_px * rb * rb)
         for tid in upd.dropped:
             self._area.pop(tid, None)
-        for r, t in zip(rois, upd.assignment, strict=True):
-            if t is not None:
-                t.edge = r.edge_cut
-                t.quality = 1.0
+        self._refine_tracks(binned, [(r, e) for r, e in good], upd, rb)
         tracks = [t for t in upd.assignment if t is not None]
-        state = self.kin.update(frame.t_detector, tracks, self.tracker.tracks, [not t.edge for t in tracks])
+        confident = [not t.edge and not t.quality < o.min_quality for t in tracks]
+        state = self.kin.update(frame.t_detector, tracks, self.tracker.tracks, confident)
         if o.xanes and energy is not None:
             xb = self._xbin(f)
             for r, t in zip(rois, upd.assignment, strict=True):
@@ -384,6 +390,24 @@ class AlignmentPipeline:
             n_edge_cut=float(sum(1 for r in rois if r.edge_cut)),
         )
         return res
+
+    def _refine_tracks(
+        self, binned: np.ndarray, good: list[tuple[ParticleROI, CentreEstimate]], upd: TrackUpdate, rb: int
+    ) -> None:
+        """Edge flag and registration quality of each matched track; with ``refine_pcc``, its
+        position moved by the phase-correlation residual when that is confident."""
+        for (r, e), t in zip(good, upd.assignment, strict=True):
+            if t is None:
+                continue
+            t.edge = r.edge_cut
+            if not self.opts.refine_pcc:
+                t.quality = float("nan")
+                continue
+            ref = self.refiner.refine(t.id, binned, r, (e.y, e.x), rb)
+            t.quality = ref.quality
+            if ref.applied:
+                t.position = t.position + np.array([ref.dy, ref.dx]) * rb
+        self.refiner.forget({t.id for t in self.tracker.tracks})
 
     def _flag_rois(self, frame: Frame, shape: tuple[int, ...], rois: list[ParticleROI], flag: int) -> int:
         """The frame's input flag after detection (no particles, one huge); logs once per series;
