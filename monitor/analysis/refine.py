@@ -9,7 +9,8 @@ frames a patch is cut at the newly measured centre and
 shift between the two. ``quality`` in [0, 1] is the normalised correlation of the windowed
 patches after that shift (1: the particle looks exactly as it did).
 
-The refined centre is ``centre + residual`` when the residual is small (``max_shift_px``) and
+With ``apply`` False only the quality is computed (the normalised correlation of the two
+patches centred on their centres of mass: cheap, no phase correlation). The refined centre is ``centre + residual`` when the residual is small (``max_shift_px``) and
 the quality is high (``min_quality``); otherwise the centre of mass stands. Only particles of
 at least ``min_quality`` count as *confident* (the rigid / non-rigid split uses those).
 """
@@ -23,6 +24,7 @@ from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 
 from monitor.analysis.particles import ParticleROI
+from monitor.analysis.registration import aligned_crop
 
 
 @dataclass
@@ -30,6 +32,8 @@ class _Ref:
     patch: np.ndarray  # windowed reference patch (float32, zero mean inside the window)
     window: np.ndarray  # (n, n) taper
     size: int
+    centre: tuple[float, float]
+    """Centre of mass when the reference was cut (the patch is at its nearest whole pixel)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,19 +62,23 @@ def _window(roi: ParticleROI, centre: tuple[float, float], n: int, rb: int) -> n
 
 
 def _patch(image: np.ndarray, centre: tuple[float, float], n: int) -> np.ndarray | None:
-    """An n² crop at the whole pixel nearest ``centre`` (None if it leaves the frame)."""
-    cy, cx = int(round(centre[0])), int(round(centre[1]))
-    half = n // 2
-    y0, x0 = cy - half, cx - half
-    if y0 < 0 or x0 < 0 or y0 + n > image.shape[0] or x0 + n > image.shape[1]:
+    """An n² crop centred (sub-pixel, bilinear) on ``centre`` (None if it leaves the frame)."""
+    half = (n - 1) / 2.0
+    if centre[0] - half < 1 or centre[1] - half < 1:
         return None
-    return image[y0 : y0 + n, x0 : x0 + n]
+    if centre[0] + half > image.shape[0] - 2 or centre[1] + half > image.shape[1] - 2:
+        return None
+    return aligned_crop(image, centre, n)
 
 
 class ParticleRefiner:
     """Reference patches per track id; :meth:`refine` one particle of a frame."""
 
-    def __init__(self, min_quality: float = 0.6, max_shift_px: float = 1.5, upsample: int = 10) -> None:
+    def __init__(
+        self, min_quality: float = 0.6, max_shift_px: float = 1.5, upsample: int = 10, apply: bool = True
+    ) -> None:
+        self.apply = apply
+        """False: quality only (normalised correlation of the patches at the measured centres)."""
         self.min_quality = min_quality
         self.max_shift_px = max_shift_px
         self.upsample = upsample
@@ -102,33 +110,33 @@ class ParticleRefiner:
             if p is None:
                 return Refinement(0.0, 0.0, float("nan"), False)
             win = _window(roi, centre, n, rb)
-            self._refs[track_id] = _Ref(self._prepare(p, win, centre), win, n)
+            self._refs[track_id] = _Ref(self._prepare(p, win), win, n, centre)
             return Refinement(0.0, 0.0, 1.0, False)
         p = _patch(image, centre, ref.size)
         if p is None:
             return Refinement(0.0, 0.0, float("nan"), False)
-        cur = self._prepare(p, ref.window, centre)
-        if not np.any(cur):
+        cur = self._prepare(p, ref.window)
+        den = float(np.sqrt(float(np.sum(cur * cur)) * float(np.sum(ref.patch * ref.patch))))
+        if den <= 0:
             return Refinement(0.0, 0.0, 0.0, False)
-        shift, _err, _ph = phase_cross_correlation(
+        quality = max(0.0, float(np.sum(cur * ref.patch)) / den)
+        if not self.apply:
+            return Refinement(0.0, 0.0, quality, False)
+        shift, err, _ph = phase_cross_correlation(
             cur, ref.patch, upsample_factor=self.upsample, normalization=None
         )
+        # Both crops are centred on their centre of mass: ``shift`` is what the centre of mass
+        # missed (the pattern moved by that much more than the centre of mass says). skimage's
+        # error is sqrt(1 - |CC_max|² / (E_ref E_mov)): the normalised correlation at the peak.
         dy, dx = float(shift[0]), float(shift[1])
-        moved = ndimage.shift(ref.patch, (dy, dx), order=1, mode="constant")
-        num = float(np.sum(moved * cur))
-        den = float(np.sqrt(np.sum(moved * moved) * np.sum(cur * cur)))
-        quality = max(0.0, num / den) if den > 0 else 0.0
+        quality = float(np.sqrt(max(0.0, 1.0 - float(err) ** 2)))
         ok = quality >= self.min_quality and np.hypot(dy, dx) <= self.max_shift_px
         return Refinement(dy, dx, quality, bool(ok))
 
     @staticmethod
-    def _prepare(p: np.ndarray, win: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
-        """Log counts, sub-pixel centred on ``centre`` (the crop is at the nearest whole pixel),
-        minus the windowed mean, times the window."""
+    def _prepare(p: np.ndarray, win: np.ndarray) -> np.ndarray:
+        """Log counts minus their windowed mean, times the window."""
         a = np.log(np.maximum(p.astype(np.float32), np.float32(1e-3)))
-        fy, fx = centre[0] - round(centre[0]), centre[1] - round(centre[1])
-        if fy or fx:
-            a = ndimage.shift(a, (-fy, -fx), order=1, mode="nearest")
         wsum = float(win.sum())
         if wsum <= 0:
             return np.zeros_like(a)
