@@ -133,8 +133,11 @@ def split_instances(
       adjacent regions are merged when the mask's inscribed radius where they meet (the neck)
       is at least ``merge_ratio`` of the smaller region's inscribed radius (a crack leaves the
       closed mask as wide as the particle, two touching particles meet at a narrow neck) *and*
-      the network's distance map does not drop below ``merge_dist`` all along their border
-      (where two particles touch it was trained to go to 0).
+      either their border runs mostly through a gap in the network's foreground (a crack it
+      left out; touching particles are foreground up to their contact) or the network's
+      distance map stays above ``merge_dist`` somewhere along it (it was trained to go to 0
+      where two particles touch), *and* together they are convex (solidity ≥ 0.92: two
+      overlapping particles leave notches where they meet, the halves of a cracked one do not).
 
     Tiny seeds and instances are dropped; labels are then restricted to the network's own
     foreground with each particle's holes filled."""
@@ -161,7 +164,7 @@ def split_instances(
     # breaker (the network's map is flat across a crack it did not see).
     labels = watershed(-(dist + 0.05 * edt / max(float(edt.max()), 1.0)), markers, mask=mask).astype(np.int32)
     if merge_ratio > 0 and labels.max() > 1:
-        labels = _merge_wide_necks(labels, edt, dist, merge_ratio, merge_dist)
+        labels = _merge_wide_necks(labels, edt, dist, raw, merge_ratio, merge_dist)
     labels = np.where(raw | (labels > 0) & ~_outer_gaps(raw, mask), labels, 0).astype(np.int32)
     sizes = np.bincount(labels.ravel(), minlength=labels.max() + 1)
     keep = sizes >= min_size_px
@@ -183,8 +186,25 @@ def _outer_gaps(raw: np.ndarray, closed: np.ndarray) -> np.ndarray:
     return added & ~filled & ~inner
 
 
+def _solidity(labels: np.ndarray, a: int, b: int) -> float:
+    """Area of regions ``a`` and ``b`` together over the area of their convex hull."""
+    from skimage.morphology import convex_hull_image
+
+    m = (labels == a) | (labels == b)
+    ys, xs = np.nonzero(m)
+    crop = m[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    hull = convex_hull_image(crop)
+    return float(crop.sum()) / max(float(hull.sum()), 1.0)
+
+
 def _merge_wide_necks(
-    labels: np.ndarray, edt: np.ndarray, dist: np.ndarray, ratio: float, min_dist: float
+    labels: np.ndarray,
+    edt: np.ndarray,
+    dist: np.ndarray,
+    raw: np.ndarray,
+    ratio: float,
+    min_dist: float,
+    min_solidity: float = 0.92,
 ) -> np.ndarray:
     """Merge adjacent regions whose contact (the largest inscribed radius along their common
     border) is at least ``ratio`` of the smaller region's largest inscribed radius and along
@@ -195,9 +215,28 @@ def _merge_wide_necks(
     keys: list[np.ndarray] = []
     vals: list[np.ndarray] = []
     dvals: list[np.ndarray] = []
-    for a, b, ea, eb, da, db in (
-        (labels[:, :-1], labels[:, 1:], edt[:, :-1], edt[:, 1:], dist[:, :-1], dist[:, 1:]),
-        (labels[:-1, :], labels[1:, :], edt[:-1, :], edt[1:, :], dist[:-1, :], dist[1:, :]),
+    gaps: list[np.ndarray] = []
+    for a, b, ea, eb, da, db, ra, rb in (
+        (
+            labels[:, :-1],
+            labels[:, 1:],
+            edt[:, :-1],
+            edt[:, 1:],
+            dist[:, :-1],
+            dist[:, 1:],
+            raw[:, :-1],
+            raw[:, 1:],
+        ),
+        (
+            labels[:-1, :],
+            labels[1:, :],
+            edt[:-1, :],
+            edt[1:, :],
+            dist[:-1, :],
+            dist[1:, :],
+            raw[:-1, :],
+            raw[1:, :],
+        ),
     ):
         m = (a != b) & (a > 0) & (b > 0)
         if m.any():
@@ -205,6 +244,7 @@ def _merge_wide_necks(
             keys.append(lo.astype(np.int64) * (n + 1) + hi)
             vals.append(np.minimum(ea[m], eb[m]))
             dvals.append(np.minimum(da[m], db[m]))
+            gaps.append(~(ra[m] & rb[m]))
     if not keys:
         return labels
     k, v, dv = np.concatenate(keys), np.concatenate(vals), np.concatenate(dvals).astype(np.float32)
@@ -213,6 +253,8 @@ def _merge_wide_necks(
     np.maximum.at(neck, inv, v)
     dneck = np.zeros(uniq.size, np.float32)
     np.maximum.at(dneck, inv, dv)
+    gap = np.bincount(inv, weights=np.concatenate(gaps).astype(np.float64), minlength=uniq.size)
+    gap /= np.maximum(np.bincount(inv, minlength=uniq.size), 1)
     parent = np.arange(n + 1)
 
     def root(i: int) -> int:
@@ -221,9 +263,10 @@ def _merge_wide_necks(
             i = int(parent[i])
         return i
 
-    for key, nk, dk in zip(uniq, neck, dneck, strict=True):
+    for key, nk, dk, gk in zip(uniq, neck, dneck, gap, strict=True):
         a, b = int(key // (n + 1)), int(key % (n + 1))
-        if nk >= ratio * min(peak[a], peak[b]) and dk >= min_dist:
+        wide = nk >= ratio * min(peak[a], peak[b]) and (dk >= min_dist or gk >= 0.5)
+        if wide and _solidity(labels, a, b) >= min_solidity:
             ra, rb = root(a), root(b)
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)

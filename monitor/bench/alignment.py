@@ -18,6 +18,8 @@ every frame (``*_detect_every_1``). Reported, all on the same frames:
   ``cpu_ms_per_frame_*`` (process CPU time, all threads) measures the work itself;
 - ``xanes_edge_rmse_eV``: per-pixel edge energy at the end of each scan vs ground truth, over
   particle pixels whose thickness is at least 45 % of the particle's maximum.
+- ``real_texture``: the pipeline with no option set on real-like textured stacks (either
+  polarity, cracks, edge-cut particles, non-rigid field to 4 px; :mod:`monitor.bench.alignment_real`).
 """
 
 from __future__ import annotations
@@ -268,6 +270,12 @@ def run_bench(out: Path, *, quick: bool, weights: str, threads: int) -> dict[str
     result["ratio_baseline_over_ours"] = float(result["baseline_rms_error_px"]) / max(
         float(result["rms_error_px"]), 1e-9
     )
+    from monitor.bench.alignment_real import run_real_texture
+
+    result["real_texture"] = run_real_texture(
+        weights, threads, stacks=1 if quick else 4, frames=30 if quick else 100, f1_frames=4 if quick else 40
+    )
+    result["host"]["loadavg_1m_end"] = os.getloadavg()[0]  # type: ignore[index]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result
