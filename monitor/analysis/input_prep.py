@@ -67,6 +67,21 @@ def check_frame(arr: np.ndarray) -> tuple[np.ndarray, int]:
     return a, flag
 
 
+def featureless(arr: np.ndarray, small: np.ndarray, factor: int, snr: float = 6.0) -> bool:
+    """True when the block-averaged frame's contrast (2nd–98th percentile range of ``small``)
+    is below ``snr`` times the noise left after averaging (pixel noise from the median absolute
+    difference of horizontal neighbours in ``arr``, over the block factor): nothing but noise."""
+    d = np.abs(np.diff(arr[:: max(1, arr.shape[0] // 256)], axis=1))
+    if d.size == 0:
+        return True
+    sigma = 1.4826 * float(np.median(d)) / np.sqrt(2.0)
+    v = small.ravel()
+    n = v.size
+    k = [int(0.02 * (n - 1)), int(0.98 * (n - 1))]
+    lo, hi = np.partition(v, k)[k]
+    return float(hi - lo) < snr * sigma / max(factor, 1)
+
+
 class SeriesInput:
     """Contrast and scale of the current series; see the module docstring."""
 

@@ -43,6 +43,7 @@ from monitor.analysis.input_prep import (
     INPUT_ONE_HUGE,
     SeriesInput,
     check_frame,
+    featureless,
 )
 from monitor.analysis.particles import ParticleROI, particle_rois, split
 from monitor.analysis.refine import ParticleRefiner
@@ -248,6 +249,11 @@ class AlignmentPipeline:
             prepared.append((arr, f, small, raw, flag))
         need = [i for i in range(len(frames)) if self._needs_detection(frames[i], i)]
         labels_by_frame: dict[int, np.ndarray] = {}
+        for i in list(need):  # nothing but noise (or a constant frame): no particles, no network call
+            arr, f, small, raw, flag = prepared[i]
+            if flag == INPUT_CONSTANT or featureless(arr, raw, f):
+                labels_by_frame[i] = np.zeros(small.shape, np.int32)
+                need.remove(i)
         if need:
             shapes = {prepared[i][2].shape for i in need}
             for shape in shapes:
