@@ -10,7 +10,8 @@ shift between the two. ``quality`` in [0, 1] is the normalised correlation of th
 patches after that shift (1: the particle looks exactly as it did).
 
 With ``apply`` False only the quality is computed (the normalised correlation of the two
-patches centred on their centres of mass: cheap, no phase correlation). The refined centre is ``centre + residual`` when the residual is small (``max_shift_px``) and
+patches centred on their centres of mass: cheap, no phase correlation). The refined centre is
+``centre + residual`` when the residual is small (``max_shift_px``) and
 the quality is high (``min_quality``); otherwise the centre of mass stands. Only particles of
 at least ``min_quality`` count as *confident* (the rigid / non-rigid split uses those).
 """
@@ -45,7 +46,7 @@ class Refinement:
 
 
 def _window(roi: ParticleROI, centre: tuple[float, float], n: int, rb: int) -> np.ndarray:
-    """The particle's body mask (binned grid), dilated by 2 px and tapered, in an n² patch centred on ``centre``."""
+    """The particle's body mask, dilated by 2 px and tapered, in an n² patch centred on ``centre``."""
     body = roi.body
     y0, x0 = roi.origin
     cy, cx = int(round(centre[0])), int(round(centre[1]))

@@ -59,7 +59,9 @@ def stack_frames(st: RealStack, series: str) -> list[Frame]:
     ]
 
 
-def run_stack(st: RealStack, weights: str, threads: int, options: dict | None = None) -> tuple[list[Result], float]:
+def run_stack(
+    st: RealStack, weights: str, threads: int, options: dict | None = None
+) -> tuple[list[Result], float]:
     settings = PipelineSettings(
         name="alignment", kind="alignment", streams=("txm",), weights_dir=weights, threads=threads,
         options=dict(options or {}),
@@ -145,7 +147,8 @@ def f1_gt800(pred: np.ndarray, ref: np.ndarray, min_area: int = 800) -> tuple[in
         pbig = np.bincount(pred.ravel(), minlength=n_p + 1)[1:] >= min_area
         return 0, int(pbig.sum()), int(big.sum())
     joint = np.bincount(
-        pred.ravel().astype(np.int64) * (n_t + 1) + ref.ravel().astype(np.int64), minlength=(n_p + 1) * (n_t + 1)
+        pred.ravel().astype(np.int64) * (n_t + 1) + ref.ravel().astype(np.int64),
+        minlength=(n_p + 1) * (n_t + 1),
     ).reshape(n_p + 1, n_t + 1)
     area_p, area_t = joint.sum(axis=1)[1:], joint.sum(axis=0)[1:]
     inter = joint[1:, 1:].astype(np.float64)
@@ -184,7 +187,9 @@ def detection_f1(weights: str, n: int) -> dict[str, float]:
     return out
 
 
-def run_real_texture(weights: str, threads: int, stacks: int, frames: int, f1_frames: int) -> dict[str, object]:
+def run_real_texture(
+    weights: str, threads: int, stacks: int, frames: int, f1_frames: int
+) -> dict[str, object]:
     scores = []
     per_stack = []
     for i in range(stacks):
