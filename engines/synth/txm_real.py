@@ -19,6 +19,7 @@ particle). Seeds: training uses ``engines.train.alignment_data`` ranges, as for 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -320,12 +321,14 @@ def real_stack(
             base.density * np.where(lab > 0, xanes, 1.0), src, order=1, mode="constant"
         )
         drift = 0.05 * s * drift_map
-        out[t] = apply_look(
-            look,
-            dens_t.astype(np.float32),
-            rng,
-            drift if base.contrast == "transmission" else 0.05 * s * drift_map * look.level,
-        )
+        # Binder is sample material: it moves with the particles (rings and flat field do not).
+        look_t = look
+        if look.binder.size > 1:
+            look_t = dataclasses.replace(
+                look, binder=ndimage.map_coordinates(look.binder, src, order=1, mode="nearest")
+            )
+        bg_drift = drift if base.contrast == "transmission" else drift * look.level
+        out[t] = apply_look(look_t, dens_t.astype(np.float32), rng, bg_drift)
         d = rigid[t][None, :] + growth[t] * np.stack([fy_mean[1:], fx_mean[1:]], axis=1)
         disp[t] = d
         centres[t] = np.stack([cy[1:], cx[1:]], axis=1) + d

@@ -35,6 +35,9 @@ class _Ref:
     size: int
     centre: tuple[float, float]
     """Centre of mass when the reference was cut (the patch is at its nearest whole pixel)."""
+    texture: float = 0.0
+    """Fine texture of the reference: RMS of its high-passed log counts inside the body over the
+    RMS of the windowed log counts (0: smooth, no texture to correlate)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +75,33 @@ def _patch(image: np.ndarray, centre: tuple[float, float], n: int) -> np.ndarray
     return aligned_crop(image, centre, n)
 
 
+def _texture(p: np.ndarray, win: np.ndarray) -> float:
+    """RMS of the high-passed (minus a σ = 2 px blur) log patch where the window is full, over
+    the RMS of the windowed, mean-removed log patch."""
+    a = np.log(np.maximum(p.astype(np.float32), np.float32(1e-3)))
+    inner = win > 0.99
+    if inner.sum() < 16:
+        return 0.0
+    hp = a - ndimage.gaussian_filter(a, 2.0)
+    m = float((a * win).sum()) / max(float(win.sum()), 1e-9)
+    whole = float(np.sqrt(np.mean(((a - m) * win) ** 2)))
+    return float(np.sqrt(np.mean(hp[inner] ** 2))) / max(whole, 1e-9)
+
+
 class ParticleRefiner:
     """Reference patches per track id; :meth:`refine` one particle of a frame."""
 
     def __init__(
-        self, min_quality: float = 0.6, max_shift_px: float = 1.5, upsample: int = 10, apply: bool = True
+        self,
+        min_quality: float = 0.6,
+        max_shift_px: float = 1.5,
+        upsample: int = 10,
+        apply: bool = True,
+        min_texture: float = 0.0,
     ) -> None:
         self.apply = apply
+        self.min_texture = min_texture
+        """Refine only particles with at least this much fine texture (see ``_Ref.texture``)."""
         """False: quality only (normalised correlation of the patches at the measured centres)."""
         self.min_quality = min_quality
         self.max_shift_px = max_shift_px
@@ -111,7 +134,8 @@ class ParticleRefiner:
             if p is None:
                 return Refinement(0.0, 0.0, float("nan"), False)
             win = _window(roi, centre, n, rb)
-            self._refs[track_id] = _Ref(self._prepare(p, win), win, n, centre)
+            prepared = self._prepare(p, win)
+            self._refs[track_id] = _Ref(prepared, win, n, centre, _texture(p, win))
             return Refinement(0.0, 0.0, 1.0, False)
         p = _patch(image, centre, ref.size)
         if p is None:
@@ -121,7 +145,7 @@ class ParticleRefiner:
         if den <= 0:
             return Refinement(0.0, 0.0, 0.0, False)
         quality = max(0.0, float(np.sum(cur * ref.patch)) / den)
-        if not self.apply:
+        if not self.apply or ref.texture < self.min_texture:
             return Refinement(0.0, 0.0, quality, False)
         shift, err, _ph = phase_cross_correlation(
             cur, ref.patch, upsample_factor=self.upsample, normalization=None
