@@ -137,8 +137,8 @@ def score_stack(st: RealStack, results: list[Result], seconds: float) -> StackSc
         shift = phase_correlation_shift(ref, _highpass(density(st.frames[t], decided)))
         base.append(shift[None, :] - st.displacement[t, whole])
     return StackScore(
-        np.array(errs).reshape(-1, 2), np.array(errs_all).reshape(-1, 2), np.concatenate(base), int(whole.size), through, events, n_t,
-        contrast_ok, seconds,
+        np.array(errs).reshape(-1, 2), np.array(errs_all).reshape(-1, 2), np.concatenate(base),
+        int(whole.size), through, events, n_t, contrast_ok, seconds,
     )  # fmt: skip
 
 
