@@ -108,14 +108,14 @@ class Tracker:
         confirm_px: float = 8.0,
         min_ssim: float = 0.3,
         max_missing: int = 20,
-        refind_ssim: float = 0.5,
+        refind_ssim: float = 0.7,
         refind_gate_px: float = 0.0,
     ) -> None:
         self.max_tracks = max_tracks
         self.refind_ssim = refind_ssim
         """A track left unmatched by position is matched to an unassigned detection that looks
         like it (SSIM of the thumbnails at least this) within ``refind_gate_px``."""
-        self.refind_gate_px = refind_gate_px or 4 * gate_px
+        self.refind_gate_px = refind_gate_px or 2 * gate_px
         self.gate_px = gate_px
         self.confirm_px = confirm_px
         self.min_ssim = min_ssim

@@ -98,7 +98,9 @@ class AlignmentOptions:
     """Binning of the XANES crops; 0: network factor / 4 (1 for 460², 2 for 1024²)."""
     label_size: int = 128
     min_area_px: float = 300.0
-    gate_px: float = 40.0
+    gate_px: float = 20.0
+    """Largest move (px) from the predicted position matched by position alone; a lost track
+    is re-found by appearance (thumbnail SSIM >= 0.7) within twice that."""
     confirm_px: float = 8.0
     min_ssim: float = 0.3
     max_missing: int = 20

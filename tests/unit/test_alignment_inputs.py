@@ -91,8 +91,8 @@ def test_a_lost_track_is_refound_by_appearance_beyond_the_gate() -> None:
     tr = Tracker(max_tracks=4, gate_px=10.0, confirm_px=4.0)
     tr.update(np.array([[50.0, 50.0], [150.0, 150.0]]), [a, b])
     tr.update(np.array([[150.0, 150.0]]), [b])  # particle 1 missed
-    upd = tr.update(np.array([[50.0, 85.0], [150.0, 150.0]]), [a + 0.01, b])  # back, 35 px away
+    upd = tr.update(np.array([[50.0, 68.0], [150.0, 150.0]]), [a + 0.01, b])  # back, 18 px away (gate 10)
     assert upd.assignment[0] is not None and upd.assignment[0].id == 1
     assert tr.found_total == 1 and not upd.started
-    upd = tr.update(np.array([[50.0, 85.0], [150.0, 150.0], [100.0, 30.0]]), [a, b, rng.random((24, 24))])
+    upd = tr.update(np.array([[50.0, 68.0], [150.0, 150.0], [100.0, 30.0]]), [a, b, rng.random((24, 24))])
     assert upd.started  # a detection that looks like no track starts a new one
