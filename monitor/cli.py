@@ -136,7 +136,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from monitor.offline import replay_file
+    from monitor.offline import parse_option_args, replay_file
 
     setup_logging(args.log_level or "WARNING")
     summary = replay_file(
@@ -146,8 +146,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        options=parse_option_args(getattr(args, "option", None)),
+        energies=getattr(args, "energies", None) or "",
     )
     print(summary)
+    return 0
+
+
+def cmd_particles(args: argparse.Namespace) -> int:
+    from monitor.analysis.particle_labels import ParticleLabeller, read_image, write_labels
+
+    setup_logging(args.log_level or "WARNING")
+    try:
+        image = read_image(Path(args.image), args.dataset)
+    except (OSError, ValueError, KeyError) as exc:
+        raise MonitorError(f"cannot read {args.image}: {exc}") from exc
+    labeller = ParticleLabeller(args.model, args.weights)
+    try:
+        labels, info = labeller.label(image, args.contrast, args.particle_diameter)
+    finally:
+        labeller.close()
+    write_labels(Path(args.out), labels)
+    how = "auto" if info.contrast_auto else "option"
+    print(
+        f"{args.out}: {info.count} particles (contrast {info.contrast} [{how}], particle diameter "
+        f"{info.diameter_px:.0f} px, block factor {info.factor})"
+    )
     return 0
 
 
@@ -324,7 +348,24 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--dataset", default=None, help="HDF5 dataset path (default: auto-detect)")
     rp.add_argument("--overwrite", action="store_true")
     rp.add_argument("--no-progress", action="store_true")
+    rp.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="pipeline option (repeatable), checked like [pipelines.options], e.g. --option detect_every=1",
+    )
+    rp.add_argument("--energies", default=None, help="per-frame energies (eV), a text file, one per frame")
     rp.set_defaults(fn=cmd_replay)
+
+    pa = sub.add_parser("particles", help="instance labels of one 2-D image (uint16 TIFF), prints the count")
+    pa.add_argument("image", help="TIFF, or HDF5 with --dataset")
+    pa.add_argument("--out", required=True, help="labels TIFF (uint16, 0 = background)")
+    pa.add_argument("--contrast", default="auto", choices=["auto", "transmission", "absorbance"])
+    pa.add_argument("--particle-diameter", type=float, default=0.0, help="px; 0: estimated from the image")
+    pa.add_argument("--dataset", default="", help="HDF5 dataset path")
+    pa.add_argument("--weights", default=None, help="weights directory (default: engines/weights)")
+    pa.add_argument("--model", default="", help="model name (default: txm_particle_net)")
+    pa.set_defaults(fn=cmd_particles)
 
     d = sub.add_parser("demo", help="simulator + daemon + dashboard on this machine")
     d.add_argument("--duration", type=float, default=None, help="exit cleanly after S seconds")

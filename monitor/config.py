@@ -53,6 +53,9 @@ class SourceSettings:
     rate_hz: float = 0.0
     """Replay rate; 0 replays as fast as the pipeline takes frames."""
     loop: bool = False
+    energies: str = ""
+    """Per-frame energies (eV): a text file, one value per frame (whitespace/newline separated).
+    Empty: the HDF5 dataset's ``energy_eV`` attribute when it has one (one value per frame)."""
     # bluesky (always a SUB socket connected to the proxy's out-port, e.g. tcp://host:5578)
     format: Literal["auto", "msgpack", "json", "pickle"] = "auto"
     """Document serialisation; ``auto`` tells pickle, msgpack and JSON apart by their first bytes."""

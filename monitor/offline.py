@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,20 +29,59 @@ class ReplaySummary:
     skipped: int
     rejected: int
     failed: int
+    seconds: float = float("nan")
+    """Wall-clock time of the replay (daemon start to store closed)."""
+
+    @property
+    def fps(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else float("nan")
 
     def __str__(self) -> str:
         return (
             f"{self.out}: {self.frames} frames in, {self.processed} processed, {self.skipped} skipped, "
-            f"{self.rejected} rejected, {self.failed} failed"
+            f"{self.rejected} rejected, {self.failed} failed; {self.fps:.1f} frames/s "
+            f"({self.seconds:.1f} s wall, start-up included)"
         )
 
 
-def replay_config(inp: Path, pipeline: str, out: Path, dataset: str | None) -> MonitorConfig:
+def parse_option_args(items: list[str] | None) -> dict[str, bool | int | float | str]:
+    """``KEY=VALUE`` strings → options; VALUE is read as a TOML value (``4``, ``0.5``, ``true``,
+    ``"text"``), anything else is taken as a string. Checked later like ``[pipelines.options]``."""
+    out: dict[str, bool | int | float | str] = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise MonitorError(f"--option {item!r}: expected KEY=VALUE")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        if not isinstance(value, bool | int | float | str):
+            raise MonitorError(f"--option {key}: expected a number, true/false or a string, got {raw!r}")
+        out[key] = value
+    return out
+
+
+def replay_config(
+    inp: Path,
+    pipeline: str,
+    out: Path,
+    dataset: str | None,
+    options: dict[str, bool | int | float | str] | None = None,
+    energies: str = "",
+) -> MonitorConfig:
     return MonitorConfig(
         run=out.stem,
-        sources=(SourceSettings(name="replay", kind="replay", path=str(inp), dataset=dataset or ""),),
+        sources=(
+            SourceSettings(
+                name="replay", kind="replay", path=str(inp), dataset=dataset or "", energies=energies
+            ),
+        ),
         # "block": offline nothing is skipped, the reader waits for the pipeline.
-        pipelines=(PipelineSettings(name=pipeline, kind=pipeline, policy="block"),),  # type: ignore[arg-type]
+        pipelines=(
+            PipelineSettings(name=pipeline, kind=pipeline, policy="block", options=dict(options or {})),  # type: ignore[arg-type]
+        ),
         store=StoreSettings(directory=str(out.parent), filename=out.name),
         dashboard=DashboardSettings(enabled=False),
     )
@@ -63,6 +104,7 @@ async def _replay(cfg: MonitorConfig, out: Path, total: int, progress: bool) -> 
             await asyncio.sleep(0.1)
 
     follower = asyncio.create_task(follow())
+    t0 = time.perf_counter()
     try:
         await daemon.serve()
     finally:
@@ -77,6 +119,7 @@ async def _replay(cfg: MonitorConfig, out: Path, total: int, progress: bool) -> 
         skipped=sum(t.skipped.values()),
         rejected=sum(t.rejected.values()),
         failed=sum(t.failed.values()),
+        seconds=time.perf_counter() - t0,
     )
 
 
@@ -88,16 +131,22 @@ def replay_file(
     dataset: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    options: dict[str, bool | int | float | str] | None = None,
+    energies: str = "",
 ) -> ReplaySummary:
-    from monitor.sources.replay import count_frames
+    from monitor.pipelines.registry import build_pipeline
+    from monitor.sources.replay import count_frames, load_energies
 
     if pipeline not in PIPELINE_KINDS:
         raise MonitorError(f"unknown pipeline {pipeline!r} (available: {', '.join(sorted(PIPELINE_KINDS))})")
+    if out.exists() and not overwrite:
+        raise MonitorError(f"{out} exists (use --overwrite to replace it)")
+    total = count_frames(inp, dataset)
+    load_energies(inp, dataset, energies, total)  # a bad energies file fails here, not mid-run
+    cfg = replay_config(inp, pipeline, out, dataset, options, energies)
+    if options:  # checked exactly like [pipelines.options], before anything is written
+        build_pipeline(cfg.pipelines[0]).close()
     if out.exists():
-        if not overwrite:
-            raise MonitorError(f"{out} exists (use --overwrite to replace it)")
         out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
-    total = count_frames(inp, dataset)
-    cfg = replay_config(inp, pipeline, out, dataset)
     return asyncio.run(_replay(cfg, out, total, progress))

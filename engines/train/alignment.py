@@ -29,12 +29,21 @@ from engines.models.particle_net import (
     split_instances,
 )
 from engines.registry import WEIGHTS_DIR, TensorSpec, save_model
-from engines.train.alignment_data import HELDOUT_SEED0, TRAIN_SEED0, Sample, make_set, random_crops
+from engines.train.alignment_data import (
+    HELDOUT_SEED0,
+    REAL_HELDOUT_SEED0,
+    REAL_TRAIN_SEED0,
+    TRAIN_SEED0,
+    Sample,
+    make_real_set,
+    make_set,
+    random_crops,
+)
 
 log = logging.getLogger("engines.train.alignment")
 
 MODEL_NAME = "txm_particle_net"
-VERSION = "1.0"
+VERSION = "2.0"
 
 
 @dataclass(frozen=True)
@@ -48,12 +57,28 @@ class TrainConfig:
     channels: tuple[int, ...] = DEFAULT_CHANNELS
     large_fraction: float = 0.08
     seed: int = 0
+    real_frames: int = 0
+    """Real-like frames (``engines.synth.txm_real``: both polarities, texture, cracks, edge-cut
+    and touching particles, scale randomisation) added to the txm_xanes frames."""
+    real_val_frames: int = 0
+    init: str = ""
+    """Start from these weights (a ``.pt`` state dict; empty: from scratch)."""
 
 
 def quick_config(seed: int = 0) -> TrainConfig:
     return TrainConfig(
-        train_frames=12, val_frames=4, steps=6, batch=4, crop=64, seed=seed, large_fraction=0.0
-    )
+        train_frames=12, val_frames=4, steps=6, batch=4, crop=64, seed=seed, large_fraction=0.0,
+        real_frames=6, real_val_frames=3,
+    )  # fmt: skip
+
+
+def real_config(seed: int = 0) -> TrainConfig:
+    """The shipped 2.0 model: fine-tuned from 1.0 on txm_xanes + real-like frames."""
+    return TrainConfig(
+        train_frames=300, val_frames=40, steps=700, batch=12, crop=96, lr=2e-3, seed=seed,
+        large_fraction=0.08, real_frames=700, real_val_frames=60,
+        init=str(WEIGHTS_DIR / f"{MODEL_NAME}.pt"),
+    )  # fmt: skip
 
 
 def predict(model: ParticleNet, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,8 +120,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> tuple[ParticleNet, dict[st
     t0 = time.time()
     samples = make_set(seed0, cfg.train_frames, cfg.large_fraction)
     val = make_set(HELDOUT_SEED0, cfg.val_frames, cfg.large_fraction)
+    rseed0 = REAL_TRAIN_SEED0 + 10_000 * cfg.seed
+    if cfg.real_frames and rseed0 + cfg.real_frames > HELDOUT_SEED0:
+        raise ValueError("real-like training seeds would reach the held-out range")
+    samples += make_real_set(rseed0, cfg.real_frames)
+    real_val = make_real_set(REAL_HELDOUT_SEED0, cfg.real_val_frames)
     log.info("data: %d train / %d held-out frames in %.0f s", len(samples), len(val), time.time() - t0)
     model = ParticleNet(cfg.channels)
+    if cfg.init:
+        model.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True))
+        log.info("initialised from %s", cfg.init)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     losses: list[float] = []
     for step in range(cfg.steps):
@@ -117,6 +150,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> tuple[ParticleNet, dict[st
                 "step %d/%d loss %.4f (%.0f s)", step, cfg.steps, np.mean(losses[-100:]), time.time() - t0
             )
     metrics = evaluate(model, val)
+    if real_val:
+        for k, v in evaluate(model, real_val).items():
+            metrics[f"real_like_{k}"] = v
     metrics["train_seconds"] = time.time() - t0
     log.info("held-out: %s", json.dumps(metrics))
     return model, metrics, losses
@@ -150,7 +186,8 @@ def ship(
             ),
             normalisation={
                 "downsample_target_px": 128.0,  # block-mean factor = round(max(H, W) / 128)
-                "log": 1.0,  # x = (median(log I) - log I) / (p98 - p2 of log I)
+                "log": 1.0,  # transmission: v = -log I; absorbance: v = value (particle_prep)
+                "training_diameter_px": 20.0,  # particle diameter at the input (block factor)
                 "pad_multiple": float(model.multiple),
             },
             training={"command": command, "seed": cfg.seed, "config": asdict(cfg)},
@@ -160,6 +197,14 @@ def ship(
                 "multiple": model.multiple,
                 "split": {"fg_threshold": 0.5, "seed_threshold": 0.45},
                 "heldout_seeds": f"{HELDOUT_SEED0}..{HELDOUT_SEED0 + cfg.val_frames - 1}",
+                "real_like_heldout_seeds": f"{REAL_HELDOUT_SEED0}.."
+                f"{REAL_HELDOUT_SEED0 + cfg.real_val_frames - 1}",
+                "input": (
+                    "one channel, particles positive on a background near 0: transmission frames "
+                    "(dark particles) as -log I, absorbance / optical density / CT slices (bright "
+                    "particles) as they are; minus the background class median, divided by the "
+                    "2-98 percentile range; block-averaged so particles are ~20 px across"
+                ),
                 "train_seeds": f"{seed0}..{seed0 + cfg.train_frames - 1}",
             },
             out_dir=out_dir,
@@ -193,7 +238,7 @@ def write_report(out: Path, metrics: dict[str, float], losses: list[float]) -> N
 def cli_main(args: argparse.Namespace) -> int:
     threads = args.threads or 1  # on a shared 2-core machine one thread is faster (measured)
     torch.set_num_threads(threads)
-    cfg = quick_config(args.seed) if args.quick else TrainConfig(seed=args.seed)
+    cfg = quick_config(args.seed) if args.quick else real_config(args.seed)
     if args.epochs:
         cfg = TrainConfig(**{**asdict(cfg), "steps": int(args.epochs) * 100})
     out = Path(args.out) if args.out else WEIGHTS_DIR

@@ -18,6 +18,12 @@ TRAIN_SEED0 = 0
 HELDOUT_SEED0 = 100_000
 BENCH_SEED0 = 200_000
 """Benchmark sequences (``monitor.bench.alignment``) start here; also never used in training."""
+REAL_TRAIN_SEED0 = 50_000
+"""Real-like frames (``engines.synth.txm_real``) for training: ``REAL_TRAIN_SEED0 + i`` (< 100 000)."""
+REAL_HELDOUT_SEED0 = 160_000
+"""Real-like held-out frames (manifest metrics); ``bench alignment``'s real-texture stacks use
+``REAL_BENCH_SEED0`` and up."""
+REAL_BENCH_SEED0 = 210_000
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,31 @@ def make_sample(seed: int, large_fraction: float = 0.1) -> Sample:
 
 def make_set(seed0: int, n: int, large_fraction: float = 0.1) -> list[Sample]:
     return [make_sample(seed0 + i, large_fraction) for i in range(n)]
+
+
+def make_real_sample(seed: int) -> Sample:
+    """A real-like frame (either polarity, textured, cracked, touching, edge-cut particles) at a
+    random scale: particles 9–36 px across at the network input (the block factor the monitor
+    picks from an estimated diameter lands them near 20 px, the estimate is not exact), drawn
+    at 1–4× that resolution and block-averaged like the monitor does."""
+    from engines.models.particle_prep import normalise as normalise_as
+    from engines.synth.txm_real import real_like
+
+    rng = np.random.default_rng(seed)
+    d_net = float(20.0 * np.exp(rng.uniform(np.log(0.45), np.log(1.8))))
+    factor = int(rng.choice([1, 2, 2, 3, 3, 4]))
+    net_shape = (int(rng.integers(112, 168)), int(rng.integers(112, 168)))
+    frame = real_like(rng, (net_shape[0] * factor, net_shape[1] * factor), d_net * factor)
+    small = normalise_as(downsample(frame.image, factor), frame.contrast)
+    h, w = small.shape
+    c = factor // 2
+    low_labels = frame.labels[c::factor, c::factor][:h, :w].astype(np.int32)
+    fg, dist = instance_targets(low_labels)
+    return Sample(small, fg, dist, frame.labels.astype(np.int32), factor)
+
+
+def make_real_set(seed0: int, n: int) -> list[Sample]:
+    return [make_real_sample(seed0 + i) for i in range(n)]
 
 
 def random_crops(

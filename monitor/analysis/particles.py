@@ -75,6 +75,9 @@ class ParticleROI:
     """Whole-pixel shift applied to the masks since then (mask propagation)."""
     pixels: RoiPixels | None = None
     """``region`` as pixel lists (set by :func:`particle_rois`; derived on demand otherwise)."""
+    edge_cut: bool = False
+    """The particle touches the field edge (only part of it is seen): tracked, but kept out of
+    the rigid/non-rigid statistics, and given a slot only after the whole particles."""
 
     def pixel_lists(self) -> RoiPixels:
         return self.pixels or RoiPixels.of(self.region, self.body, self.background, self.core)
@@ -135,6 +138,14 @@ def particle_rois(
     sy = np.bincount(flat, weights=yy.ravel(), minlength=n + 1)[1:]
     sx = np.bincount(flat, weights=xx.ravel(), minlength=n + 1)[1:]
     cents = np.stack([sy, sx], axis=1) / np.maximum(areas, 1)[:, None]
+    lh, lw = labels.shape
+    # The low-resolution grid may reach past the frame (padded block): the frame's last
+    # row/column of blocks is the border.
+    by, bx = min(lh, -(-shape[0] // factor)) - 1, min(lw, -(-shape[1] // factor)) - 1
+    border = np.zeros(n + 1, bool)
+    border[
+        np.concatenate([labels[0, : bx + 1], labels[by, : bx + 1], labels[: by + 1, 0], labels[: by + 1, bx]])
+    ] = True
     rois = []
     for k, box in enumerate(boxes, start=1):
         if box is None or areas[k - 1] == 0:
@@ -165,6 +176,7 @@ def particle_rois(
                 core=core_,
                 neighbours=others,
                 pixels=RoiPixels.of(region, body, bg, core_),
+                edge_cut=bool(border[k]),
             )
         )
     return rois

@@ -32,6 +32,10 @@ class Track:
     missing: int = 0
     age: int = 1
     ssim: float = float("nan")
+    edge: bool = False
+    """Last detection touched the field edge (set by the caller)."""
+    quality: float = float("nan")
+    """Registration quality of the last measurement in [0, 1] (set by the caller)."""
 
     def predicted(self) -> np.ndarray:
         return self.position + self.step * (1 + self.missing)
@@ -104,8 +108,14 @@ class Tracker:
         confirm_px: float = 8.0,
         min_ssim: float = 0.3,
         max_missing: int = 20,
+        refind_ssim: float = 0.7,
+        refind_gate_px: float = 0.0,
     ) -> None:
         self.max_tracks = max_tracks
+        self.refind_ssim = refind_ssim
+        """A track left unmatched by position is matched to an unassigned detection that looks
+        like it (SSIM of the thumbnails at least this) within ``refind_gate_px``."""
+        self.refind_gate_px = refind_gate_px or 2 * gate_px
         self.gate_px = gate_px
         self.confirm_px = confirm_px
         self.min_ssim = min_ssim
@@ -157,6 +167,7 @@ class Tracker:
                 track.missing = 0
                 assignment[c] = track
                 matched.add(id(track))
+        self._refind(centres, thumbs, assignment, matched, found)
         dropped: list[int] = []
         keep: list[Track] = []
         for track in self.tracks:
@@ -186,6 +197,50 @@ class Tracker:
             assignment[i] = track
             started.append(track.id)
         return TrackUpdate(tuple(assignment), tuple(lost), tuple(found), tuple(started), tuple(dropped))
+
+    def _refind(
+        self,
+        centres: np.ndarray,
+        thumbs: list[np.ndarray],
+        assignment: list[Track | None],
+        matched: set[int],
+        found: list[int],
+    ) -> None:
+        """Re-find tracks by appearance: unmatched tracks vs unassigned detections, best SSIM first."""
+        free_t = [t for t in self.tracks if id(t) not in matched]
+        free_d = [i for i, a in enumerate(assignment) if a is None]
+        if not free_t or not free_d:
+            return
+        cand: list[tuple[float, int, int]] = []
+        for ti, t in enumerate(free_t):
+            pred = t.predicted()
+            for i in free_d:
+                if np.hypot(*(centres[i] - pred)) > self.refind_gate_px:
+                    continue
+                a, b = t.thumb, thumbs[i]
+                if a.shape != b.shape or a.ndim != 2 or min(a.shape) < 7:
+                    continue
+                cand.append((ssim(a, b), ti, i))
+        used_t: set[int] = set()
+        used_d: set[int] = set()
+        for score, ti, i in sorted(cand, reverse=True):
+            if score < self.refind_ssim or ti in used_t or i in used_d:
+                continue
+            used_t.add(ti)
+            used_d.add(i)
+            track = free_t[ti]
+            new_pos = centres[i].astype(np.float64)
+            track.step = np.zeros(2)
+            track.position = new_pos
+            track.thumb = thumbs[i]
+            track.ssim = score
+            track.age += 1
+            if track.missing:
+                found.append(track.id)
+                self.found_total += 1
+            track.missing = 0
+            assignment[i] = track
+            matched.add(id(track))
 
     def _scores(
         self, pairs: list[tuple[int, int]], thumbs: list[np.ndarray], cost: np.ndarray, score_all: bool
@@ -291,10 +346,15 @@ class Kinematics:
         k = self._k.get(track_id)
         return list(k.tail) if k is not None else []
 
-    def update(self, t: float, observed: list[Track], alive: list[Track]) -> KinematicsState:
+    def update(
+        self, t: float, observed: list[Track], alive: list[Track], confident: list[bool] | None = None
+    ) -> KinematicsState:
         """Rigid part = mean displacement of the tracked particles in a common reference (a track
         that starts late is referred to the rigid displacement at its start), so neither part
-        accumulates per-frame registration noise; non-rigid = each particle's remainder."""
+        accumulates per-frame registration noise; non-rigid = each particle's remainder.
+
+        With ``confident``, only those particles (whole, well registered) make the rigid part
+        and the non-rigid statistics; the others still get their residual."""
         from monitor.analysis.registration import decompose
 
         prev_t = self._last_t
@@ -308,7 +368,12 @@ class Kinematics:
             ]
         ).reshape(-1, 2)
         valid = np.array([k is not None for k in known], bool)
-        if valid.any():
+        conf = np.ones(len(observed), bool) if confident is None else np.asarray(confident, bool)
+        if (valid & conf).any():
+            rigid, _ = decompose(glob, valid & conf)
+            self._rigid = rigid
+            resid = np.where(valid[:, None], glob - rigid[None, :], 0.0)
+        elif valid.any():
             rigid, resid = decompose(glob, valid)
             self._rigid = rigid
         else:
@@ -334,7 +399,8 @@ class Kinematics:
         alive_ids = {tr.id for tr in alive}
         for tid in [tid for tid in self._k if tid not in alive_ids]:
             del self._k[tid]
-        mags = np.array([np.hypot(*k.nonrigid) for k in per.values()]) if per else np.zeros(0)
+        stat = [per[tr.id] for tr, c in zip(observed, conf, strict=True) if c and tr.id in per]
+        mags = np.array([np.hypot(*k.nonrigid) for k in stat]) if stat else np.zeros(0)
         rms = float(np.sqrt(np.mean(mags**2))) if mags.size else float("nan")
         rate = float("nan")
         if np.isfinite(rms):

@@ -18,6 +18,8 @@ every frame (``*_detect_every_1``). Reported, all on the same frames:
   ``cpu_ms_per_frame_*`` (process CPU time, all threads) measures the work itself;
 - ``xanes_edge_rmse_eV``: per-pixel edge energy at the end of each scan vs ground truth, over
   particle pixels whose thickness is at least 45 % of the particle's maximum.
+- ``real_texture``: the pipeline with no option set on real-like textured stacks (either
+  polarity, cracks, edge-cut particles, non-rigid field to 4 px; :mod:`monitor.bench.alignment_real`).
 """
 
 from __future__ import annotations
@@ -198,6 +200,16 @@ def detection_f1(pipe: AlignmentPipeline, seq: TxmSequence, every: int = 4) -> t
     return tp, fp, fn
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def rms(e: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.sum(e**2, axis=-1)))) if e.size else float("nan")
 
@@ -263,11 +275,34 @@ def run_bench(out: Path, *, quick: bool, weights: str, threads: int) -> dict[str
         "particles": cfg.n_particles,
         "threads": threads,
         "quick": quick,
-        "host": {"cpus": os.cpu_count(), "loadavg_1m": os.getloadavg()[0], "machine": platform.machine()},
+        "host": {
+            "cpus": os.cpu_count(),
+            "loadavg_1m": os.getloadavg()[0],
+            "machine": platform.machine(),
+            "cpu_model": _cpu_model(),
+        },  # fmt: skip
     }
     result["ratio_baseline_over_ours"] = float(result["baseline_rms_error_px"]) / max(
         float(result["rms_error_px"]), 1e-9
     )
+    from monitor.bench.alignment_real import run_real_texture
+
+    result["real_texture"] = run_real_texture(
+        weights, threads, stacks=1 if quick else 4, frames=30 if quick else 100, f1_frames=4 if quick else 40
+    )
+    real_volume = os.environ.get("OPERANDO_REAL_VOLUME", "")
+    if real_volume:  # "PATH[:PHASE]": a segmented real electrode volume (kept outside the repo)
+        import tifffile
+
+        from monitor.bench.alignment_real import real_geometry_f1
+
+        path, _, phase = real_volume.partition(":")
+        vol = tifffile.imread(path)
+        result["real_geometry"] = {
+            "source": Path(path).name,
+            **real_geometry_f1(vol, int(phase or 1), weights, slices=2 if quick else 8),
+        }
+    result["host"]["loadavg_1m_end"] = os.getloadavg()[0]  # type: ignore[index]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -27,14 +27,26 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from engines.errors import EngineError
-from engines.models.particle_net import auto_downsample, downsample, normalise, pad_to_multiple
+from engines.models.particle_net import downsample, pad_to_multiple
+from engines.models.particle_prep import TRAINING_DIAMETER_PX
 from engines.registry import load_manifest
 from engines.runtime import create_runner
+from monitor.analysis.input_prep import (
+    INPUT_CONSTANT,
+    INPUT_NO_PARTICLES,
+    INPUT_OK,
+    INPUT_ONE_HUGE,
+    SeriesInput,
+    check_frame,
+    featureless,
+)
 from monitor.analysis.particles import ParticleROI, particle_rois, split
+from monitor.analysis.refine import ParticleRefiner
 from monitor.analysis.registration import CentreEstimate, ShiftTracker, aligned_crop, box_mean, register_all
 from monitor.analysis.tracking import Kinematics, KinematicsState, Tracker, TrackUpdate, thumbnails
 from monitor.analysis.xanes import ScanAccumulator, XanesMaps, XanesSettings
@@ -51,19 +63,32 @@ FRAME_SCALARS = (
     "rigid_dy", "rigid_dx", "nonrigid_rms_px", "nonrigid_max_px", "nonrigid_rate_px_s",
     "mean_speed_px_s", "ssim_mean", "energy_eV", "scan_index", "scan_point", "detected",
     "xanes_ready", "xanes_partial", "xanes_particles", "xanes_mean_edge_eV",
+    "input_flag", "contrast_absorbance", "particle_diameter_px", "block_factor", "n_whole", "n_edge_cut",
 )  # fmt: skip
-PARTICLE_SCALARS = ("id", "y", "x", "dy", "dx", "vy", "vx", "speed", "acc", "nonrigid", "ssim", "edge_eV")
+PARTICLE_SCALARS = (
+    "id", "y", "x", "dy", "dx", "vy", "vx", "speed", "acc", "nonrigid", "ssim", "edge_eV", "edge_cut",
+    "quality",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class AlignmentOptions:
-    max_particles: int = 16
-    """Fixed number of per-particle slots in the schema (``p{i}_*`` scalars, array rows)."""
+    contrast: Literal["auto", "transmission", "absorbance"] = "auto"
+    """Which way particles go: ``transmission`` (counts or I/I0, dark particles), ``absorbance``
+    (optical density or CT slice, bright particles), ``auto`` (decided per series from its first
+    frame, logged, stored as ``contrast_absorbance``)."""
+    particle_diameter_px: float = 0.0
+    """Typical particle diameter (px); 0: estimated per series from its first frame. Sets the
+    network block factor (particles ~20 px at the network input) unless ``downsample`` is set."""
+    max_particles: int = 32
+    """Per-particle slots in the schema (``p{i}_*`` scalars, array rows). Whole particles get
+    slots before edge-cut ones; more whole particles than slots is logged (once per series) and
+    counted in ``untracked``."""
     detect_every: int = 4
     """Run the network on every N-th frame; in between, masks follow the measured centres
     (``bench alignment`` measures 1 and 4: same registration error, fewer network calls)."""
     downsample: int = 0
-    """Network block factor; 0: ``round(max(H, W) / 128)`` (4 for 460², 8 for 1024²)."""
+    """Network block factor; 0: from the particle diameter (see ``particle_diameter_px``)."""
     reg_bin: int = 1
     """Registration works on the frame binned by this factor (must divide the network factor)."""
     smooth: int = 3
@@ -73,7 +98,9 @@ class AlignmentOptions:
     """Binning of the XANES crops; 0: network factor / 4 (1 for 460², 2 for 1024²)."""
     label_size: int = 128
     min_area_px: float = 300.0
-    gate_px: float = 40.0
+    gate_px: float = 20.0
+    """Largest move (px) from the predicted position matched by position alone; a lost track
+    is re-found by appearance (thumbnail SSIM >= 0.7) within twice that."""
     confirm_px: float = 8.0
     min_ssim: float = 0.3
     max_missing: int = 20
@@ -88,6 +115,16 @@ class AlignmentOptions:
     """On frames without a network pass, re-place the propagated masks at the measured centres
     and measure once more."""
     """SSIM of every match on every N-th frame (monitoring); far matches are always confirmed."""
+    refine: Literal["auto", "always", "off"] = "auto"
+    """Per-particle sub-pixel refinement: phase correlation of the particle's masked ROI with its
+    reference (``monitor.analysis.refine``), applied when the quality is at least ``min_quality``.
+    ``auto``: only particles with fine internal texture (grains, cracks, pores: high-passed
+    RMS ≥ 0.25 of the particle's contrast); smooth particles keep the silhouette centre of mass,
+    which internal contrast changing across the XANES edge cannot drag (measured in
+    ``bench alignment``: refinement takes textured particles from 0.55 to 0.24 px and smooth
+    ones from 0.25 to 0.37 px). The quality score is computed in every mode."""
+    min_quality: float = 0.6
+    """Registration quality a particle needs to be refined and to count in the rigid/non-rigid split."""
     rate_window: int = 8
     tail: int = 40
     xanes: bool = True
@@ -140,6 +177,14 @@ class AlignmentPipeline:
         self._fg_thr = float(split_cfg.get("fg_threshold", 0.5)) if isinstance(split_cfg, dict) else 0.5
         self._seed_thr = float(split_cfg.get("seed_threshold", 0.45)) if isinstance(split_cfg, dict) else 0.45
         self._multiple = int(self.manifest.extra.get("multiple", 4))  # type: ignore[call-overload]
+        if o.particle_diameter_px < 0:
+            raise ConfigError(f"pipelines.{self.name}.options.particle_diameter_px", "must be >= 0")
+        target = float(self.manifest.normalisation.get("training_diameter_px", TRAINING_DIAMETER_PX))
+        self.input = SeriesInput(o.contrast, o.particle_diameter_px, o.downsample, target, self.name)
+        self._slots_warned: set[str] = set()
+        self.refiner = ParticleRefiner(
+            o.min_quality, apply=o.refine != "off", min_texture=0.25 if o.refine == "auto" else 0.0
+        )
         self.tracker = Tracker(o.max_particles, o.gate_px, o.confirm_px, o.min_ssim, o.max_missing)
         self.kin = Kinematics(o.rate_window, o.tail)
         self.xanes_settings = XanesSettings(ni2_edge_eV=o.ni2_edge_eV, ni4_edge_eV=o.ni4_edge_eV)
@@ -182,9 +227,9 @@ class AlignmentPipeline:
 
     # -- per frame --------------------------------------------------------------------
     def network_factor(self, shape: tuple[int, int]) -> int:
-        f = self.opts.downsample or auto_downsample(
-            shape, int(self.manifest.normalisation.get("downsample_target_px", 128))
-        )
+        """Block factor of the current series (decided on its first frame)."""
+        d = self.input.decision
+        f = d.factor if d is not None else (self.opts.downsample or max(1, round(max(shape) / 128)))
         return max(f, self.opts.reg_bin)
 
     def detect_labels(self, smalls: list[np.ndarray]) -> list[np.ndarray]:
@@ -202,11 +247,20 @@ class AlignmentPipeline:
         t0 = time.perf_counter()
         prepared = []
         for frame in frames:
-            arr = np.asarray(frame.array, dtype=np.float32)
+            arr, flag = check_frame(frame.array)
+            if flag != INPUT_CONSTANT:
+                self.input.decide((frame.series, frame.meta.extra.get("sample"), arr.shape), arr)
             f = self.network_factor(arr.shape)
-            prepared.append((arr, f, normalise(downsample(arr, f))))
-        need = [i for i, (arr, f, s) in enumerate(prepared) if self._needs_detection(frames[i], i)]
+            raw = downsample(arr, f)
+            small = self.input.network_input(raw) if self.input.decision else np.zeros_like(raw)
+            prepared.append((arr, f, small, raw, flag))
+        need = [i for i in range(len(frames)) if self._needs_detection(frames[i], i)]
         labels_by_frame: dict[int, np.ndarray] = {}
+        for i in list(need):  # nothing but noise (or a constant frame): no particles, no network call
+            arr, f, small, raw, flag = prepared[i]
+            if flag == INPUT_CONSTANT or featureless(arr, raw, f):
+                labels_by_frame[i] = np.zeros(small.shape, np.int32)
+                need.remove(i)
         if need:
             shapes = {prepared[i][2].shape for i in need}
             for shape in shapes:
@@ -215,8 +269,8 @@ class AlignmentPipeline:
                     labels_by_frame[i] = lab
         results = []
         for i, frame in enumerate(frames):
-            arr, f, small = prepared[i]
-            results.append(self._one(frame, arr, f, small, labels_by_frame.get(i)))
+            arr, f, small, raw, flag = prepared[i]
+            results.append(self._one(frame, arr, f, small, raw, flag, labels_by_frame.get(i)))
         dt = (time.perf_counter() - t0) / max(len(frames), 1)
         return [
             Result(r.pipeline, r.frame, r.scalars, r.arrays, Latency(compute=dt, batch_size=len(frames)))
@@ -246,7 +300,14 @@ class AlignmentPipeline:
         return self.opts.scan_end_eV > 0 and energy is not None and energy >= self.opts.scan_end_eV - 1e-6
 
     def _one(
-        self, frame: Frame, arr: np.ndarray, f: int, small: np.ndarray, labels: np.ndarray | None
+        self,
+        frame: Frame,
+        arr: np.ndarray,
+        f: int,
+        small: np.ndarray,
+        raw: np.ndarray,
+        flag: int,
+        labels: np.ndarray | None,
     ) -> Result:
         o = self.opts
         energy = frame.meta.energy_eV
@@ -268,10 +329,11 @@ class AlignmentPipeline:
                 self._area.clear()
                 self._rois = []
                 self._shift.reset()
+                self.refiner.reset()
             self._sample = sample
         self._series = frame.series
         rb = o.reg_bin
-        binned = downsample(arr, rb)
+        binned = self.input.registration_image(downsample(arr, rb), raw)
         if o.smooth > 1:
             binned = box_mean(binned, o.smooth)
         if labels is not None:
@@ -292,6 +354,9 @@ class AlignmentPipeline:
         good = [(r, e) for r, e in zip(rois, est, strict=True) if e.weight > 0]
         if labels is not None:  # masks made now: remember where the particle was when made
             good = [(r.anchored((e.y, e.x)), e) for r, e in good]
+        # Whole particles first (they get slots first), larger before smaller.
+        good.sort(key=lambda re: (re[0].edge_cut, -re[0].area_px))
+        flag = self._flag_rois(frame, arr.shape, [r for r, _ in good], flag)
         rois = [r for r, _ in good]
         centres = np.array([((e.y + 0.5) * rb - 0.5, (e.x + 0.5) * rb - 0.5) for _, e in good]).reshape(-1, 2)
         thumbs = thumbnails(small, (centres + 0.5) / f - 0.5, 24)
@@ -304,8 +369,10 @@ class AlignmentPipeline:
                 self._area.setdefault(t.id, r.area_px * rb * rb)
         for tid in upd.dropped:
             self._area.pop(tid, None)
+        self._refine_tracks(binned, [(r, e) for r, e in good], upd, rb)
         tracks = [t for t in upd.assignment if t is not None]
-        state = self.kin.update(frame.t_detector, tracks, self.tracker.tracks)
+        confident = [not t.edge and not t.quality < o.min_quality for t in tracks]
+        state = self.kin.update(frame.t_detector, tracks, self.tracker.tracks, confident)
         if o.xanes and energy is not None:
             xb = self._xbin(f)
             for r, t in zip(rois, upd.assignment, strict=True):
@@ -328,7 +395,51 @@ class AlignmentPipeline:
         self._last_energy = energy
         if maps:
             self._latest_maps = {t.slot: maps[t.id] for t in self.tracker.tracks if t.id in maps}
-        return self._result(frame, state, upd, labels, rois, maps, partial, energy, scan_reported)
+        res = self._result(frame, state, upd, labels, rois, maps, partial, energy, scan_reported)
+        d = self.input.decision
+        res.scalars.update(
+            input_flag=float(flag),
+            contrast_absorbance=float(d.contrast == "absorbance") if d else float("nan"),
+            particle_diameter_px=float(d.diameter_px) if d else float("nan"),
+            block_factor=float(f),
+            n_whole=float(sum(1 for r in rois if not r.edge_cut)),
+            n_edge_cut=float(sum(1 for r in rois if r.edge_cut)),
+        )
+        return res
+
+    def _refine_tracks(
+        self, binned: np.ndarray, good: list[tuple[ParticleROI, CentreEstimate]], upd: TrackUpdate, rb: int
+    ) -> None:
+        """Edge flag and registration quality of each matched track; with ``refine``, its
+        position moved by the phase-correlation residual when that is confident."""
+        for (r, e), t in zip(good, upd.assignment, strict=True):
+            if t is None:
+                continue
+            # Sticky: a track that was ever cut by the field edge measured part of a particle.
+            t.edge = t.edge or r.edge_cut
+            ref = self.refiner.refine(t.id, binned, r, (e.y, e.x), rb)
+            t.quality = ref.quality
+            if ref.applied:
+                t.position = t.position + np.array([ref.dy, ref.dx]) * rb
+        self.refiner.forget({t.id for t in self.tracker.tracks})
+
+    def _flag_rois(self, frame: Frame, shape: tuple[int, ...], rois: list[ParticleROI], flag: int) -> int:
+        """The frame's input flag after detection (no particles, one huge); logs once per series;
+        warns once per series when whole particles outnumber the slots."""
+        if flag == INPUT_OK and not rois:
+            flag = INPUT_NO_PARTICLES
+        elif flag == INPUT_OK and len(rois) == 1 and rois[0].area_px > 0.5 * shape[0] * shape[1]:
+            flag = INPUT_ONE_HUGE
+        self.input.report(frame.series, flag)
+        whole = sum(1 for r in rois if not r.edge_cut)
+        if whole > self.opts.max_particles and frame.series not in self._slots_warned:
+            self._slots_warned.add(frame.series)
+            log.warning(
+                "pipeline %s: series %s: %d whole particles but %d slots (options.max_particles): "
+                "the smallest are untracked",
+                self.name, frame.series, whole, self.opts.max_particles,
+            )  # fmt: skip
+        return flag
 
     def _refine(
         self, binned: np.ndarray, rois: list[ParticleROI], est: list[CentreEstimate]
@@ -420,6 +531,7 @@ class AlignmentPipeline:
                 "dx": k.displacement[1], "vy": k.velocity[0], "vx": k.velocity[1],
                 "speed": float(np.hypot(*k.velocity)), "acc": float(np.hypot(*k.acceleration)),
                 "nonrigid": float(np.hypot(*k.nonrigid)), "ssim": t.ssim,
+                "edge_cut": float(t.edge), "quality": t.quality,
             }  # fmt: skip
             for name, v in vals.items():
                 scalars[f"p{s}_{name}"] = float(v)

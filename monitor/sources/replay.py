@@ -222,6 +222,40 @@ def iter_frames(path: str | Path, dataset: str | None = None) -> Iterator[np.nda
         reader.close()
 
 
+def load_energies(path: str | Path, dataset: str | None, energies_file: str, count: int) -> np.ndarray | None:
+    """Per-frame energies (eV) for a replay: from ``energies_file`` (text, one value per frame),
+    else from the HDF5 dataset's ``energy_eV`` attribute; None when neither exists. A length
+    other than ``count`` is a :class:`SourceError`."""
+    values: np.ndarray | None = None
+    where = ""
+    if energies_file:
+        try:
+            values = np.loadtxt(energies_file, dtype=np.float64, ndmin=1).ravel()
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"cannot read energies file {energies_file}: {exc}") from exc
+        where = energies_file
+    else:
+        p = Path(path)
+        if p.is_file() and (p.suffix.lower() in HDF5_SUFFIXES or h5py.is_hdf5(p)):
+            reader = _HDF5Reader(p, dataset)
+            try:
+                attr = reader._ds.attrs.get("energy_eV")
+                if attr is not None:
+                    values = np.asarray(attr, dtype=np.float64).ravel()
+                    where = f"{reader.label} attribute energy_eV"
+            finally:
+                reader.close()
+    if values is None:
+        return None
+    if values.size == 1 and count > 1:
+        values = np.full(count, float(values[0]))
+    if values.size != count:
+        raise SourceError(f"{where}: {values.size} energies for {count} frames")
+    if not np.all(np.isfinite(values)):
+        raise SourceError(f"{where}: energies must be finite numbers")
+    return values
+
+
 class ReplaySource:
     """Replay recorded frames as a Source (series start/end around each pass)."""
 
@@ -241,6 +275,7 @@ class ReplaySource:
         self.rejected = 0
         self.passes = 0
         self.count = count_frames(self.path, settings.dataset or None)  # fail early: SourceError
+        self.energies = load_energies(self.path, settings.dataset or None, settings.energies, self.count)
         self._rejections = RateLimitedLog(log, what="rejections")
 
     def upstream_gaps(self) -> int:
@@ -294,7 +329,10 @@ class ReplaySource:
             return Rejection(self.name, "read_error", detail, index=i)
         now = time.time()
         name = reader.name(i)
-        meta = FrameMeta(extra=MappingProxyType({"file": name})) if name else FrameMeta()
+        energy = float(self.energies[i]) if self.energies is not None else None
+        meta = FrameMeta(
+            energy_eV=energy, extra=MappingProxyType({"file": name}) if name else MappingProxyType({})
+        )
         self.frames += 1
         return Frame(
             stream=self.settings.stream,
