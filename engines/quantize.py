@@ -32,9 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.errors import EngineError
 from engines.isa import detect
-from engines.registry import WEIGHTS_DIR, Manifest, load_manifest, onnx_path, sha256_file
+from engines.registry import (  # noqa: F401 - int8_manifest_for re-exported for callers
+    INT8_SUFFIX,
+    WEIGHTS_DIR,
+    Manifest,
+    int8_manifest_for,
+    load_manifest,
+    onnx_path,
+    sha256_file,
+)
 
 log = logging.getLogger("engines.quantize")
 
@@ -43,7 +50,6 @@ CALIB_SEED0 = 970_000
 EVAL_SEED0 = 950_000
 """Held-out evaluation seeds (the same as ``bench segmentation``)."""
 TOLERANCE = 0.005
-INT8_SUFFIX = "_int8"
 
 
 @dataclass(frozen=True)
@@ -136,29 +142,6 @@ EVALUATORS: dict[
 }
 """task → (calibration data, evaluation, default held-out samples). Tasks without one are not
 quantised (early warning: its AUROC evaluation lives with its training data)."""
-
-
-def int8_manifest_for(m: Manifest, weights_dir: Path | str | None = None) -> Manifest | None:
-    """The accepted int8 sibling of fp32 manifest ``m`` (checked), or ``None``."""
-    d = Path(weights_dir) if weights_dir not in (None, "") else WEIGHTS_DIR
-    path = d / f"{m.name}{INT8_SUFFIX}.json"
-    if not path.is_file():
-        return None
-    try:
-        q = load_manifest(path.stem, d)
-    except EngineError as exc:
-        log.warning("model %s: int8 model not usable: %s", m.name, exc)
-        return None
-    if q.extra.get("fp32_sha256") != m.sha256:
-        log.warning(
-            "model %s: %s was quantised from another fp32 model (re-run `operando-monitor quantize %s`); "
-            "using fp32",
-            m.name,
-            path.name,
-            m.name,
-        )
-        return None
-    return q
 
 
 def _quantize(src: Path, dst: Path, data: list[dict[str, np.ndarray]]) -> dict[str, object]:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engines.errors import ModelCorrupt, ModelNotFound
+from engines.errors import EngineError, ModelCorrupt, ModelNotFound
+
+log = logging.getLogger("engines.registry")
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MANIFEST_VERSION = 1
@@ -200,3 +203,30 @@ def list_models(weights_dir: Path | str | None = None) -> list[Manifest]:
     """Every manifest in the directory (not verified; use ``load_manifest`` to verify)."""
     d = _dir(weights_dir)
     return [Manifest.from_json(p.read_text(encoding="utf-8"), str(p)) for p in sorted(d.glob("*.json"))]
+
+
+INT8_SUFFIX = "_int8"
+"""``<model>_int8.onnx`` / ``.json``: the int8 sibling written by ``operando-monitor quantize``."""
+
+
+def int8_manifest_for(m: Manifest, weights_dir: Path | str | None = None) -> Manifest | None:
+    """The accepted int8 sibling of fp32 manifest ``m`` (checked), or ``None``."""
+    d = Path(weights_dir) if weights_dir not in (None, "") else WEIGHTS_DIR
+    path = d / f"{m.name}{INT8_SUFFIX}.json"
+    if not path.is_file():
+        return None
+    try:
+        q = load_manifest(path.stem, d)
+    except EngineError as exc:
+        log.warning("model %s: int8 model not usable: %s", m.name, exc)
+        return None
+    if q.extra.get("fp32_sha256") != m.sha256:
+        log.warning(
+            "model %s: %s was quantised from another fp32 model (re-run `operando-monitor quantize %s`); "
+            "using fp32",
+            m.name,
+            path.name,
+            m.name,
+        )
+        return None
+    return q

@@ -188,7 +188,7 @@ def _cpu_precision(
 ) -> tuple[Path, str, str, str]:
     """(ONNX path, backend, precision, description tag) for ``backend_precision`` on a CPU."""
     from engines.isa import detect
-    from engines.quantize import int8_manifest_for
+    from engines.registry import int8_manifest_for
 
     isa = detect()
     if precision in ("auto", "int8"):

@@ -33,8 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.isa import detect
-from engines.quantize import int8_manifest_for
-from engines.registry import load_manifest
+from engines.registry import int8_manifest_for, load_manifest
 from engines.runtime import create_runner
 from engines.synth.xct import N_CLASSES, make_slice
 from engines.tiling import TileSpec, full_predict, labels_from_probs, normalise_slice, tiled_predict
