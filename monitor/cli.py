@@ -158,7 +158,8 @@ BENCHES: dict[str, str] = {
     "bluesky": "monitor.bench.bluesky:cli_main",
 }
 TRAINERS: dict[str, str] = {
-    "early-warning": "engines.train.early_warning:cli_main",
+    "early-warning": "engines.train.early_warning_forecast:cli_main",
+    "early-warning-legacy": "engines.train.early_warning:cli_main",
     "segmentation": "engines.train.segmentation:cli_main",
     "alignment": "engines.train.alignment:cli_main",
 }
