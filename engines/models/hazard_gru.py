@@ -74,9 +74,10 @@ class HazardNet(nn.Module):
         self.head = HazardHead(horizon=horizon)
 
     def embed(self, frames: torch.Tensor) -> torch.Tensor:
-        """``(N, 64, 64)`` → ``(N, EMBED)`` (modes with a CNN)."""
+        """``(N, 64, 64)`` → ``(N, EMBED)`` (modes with a CNN; the CNN sees 2×2 block means, 32×32:
+        the fine scale is in the features, and it keeps training within a CPU budget)."""
         assert self.encoder is not None
-        return self.encoder(frames)
+        return self.encoder(F.avg_pool2d(frames.unsqueeze(1), 2).squeeze(1))
 
     def latent_from(self, emb: torch.Tensor | None, feats: torch.Tensor) -> torch.Tensor:
         """Per-window ``emb (B, T, EMBED)`` (or None) and raw ``feats (B, T, N_FEAT)`` → ``(B, 1)``."""

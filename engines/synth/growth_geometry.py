@@ -14,7 +14,8 @@ Order parameter (geometry-free, ground truth): ``D0`` is the distance from the n
 and the direction from it, :func:`ray_ids`: columns for a planar electrode, angular sectors for
 a seed). The front's envelope on a ray is the largest ``D0`` of a deposit site on it; ``A(t)``
 is the number of sites under the envelope (the area the front has swept). Growth-zone density
-``rho = ΔN / ΔA`` over the last ``ORDER_WINDOW`` frames (``ΔA <= 0`` → 1); ``psi = clip(1 - rho, 0, 1)``. For a planar electrode this is the
+``rho = ΔN / ΔA`` over the last ``ORDER_WINDOW`` frames (``ΔA <= 0`` → 1);
+``psi = clip(1 - rho, 0, 1)``. For a planar electrode this is the
 :mod:`~engines.synth.growth` definition (``A = W · h``); for a point seed ``A = π R²``. Compact
 growth fills what it sweeps (``psi ≈ 0``); dendrites sweep far more than they fill.
 

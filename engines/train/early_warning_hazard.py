@@ -40,7 +40,15 @@ class Prepared:
     feats: list[np.ndarray]
 
 
-def prepare(runs: RunSet) -> Prepared:
+def prepare(runs: RunSet, workers: int = 1) -> Prepared:
+    """Polarity and window features of every run (``workers`` processes for large sets)."""
+    if workers > 1 and len(runs) > 8:
+        from concurrent.futures import ProcessPoolExecutor
+
+        parts = np.array_split(np.arange(len(runs)), workers * 4)
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            done = list(pool.map(prepare, [runs.subset(list(p)) for p in parts]))
+        return Prepared(runs, [f for d in done for f in d.frames], [x for d in done for x in d.feats])
     frames, feats = [], []
     for i in range(len(runs)):
         f = runs.run(i).astype(np.float32)
@@ -97,6 +105,10 @@ def forward_run(model: HazardNet, frames: np.ndarray, feats: np.ndarray) -> tupl
         emb = _sliding(model.embed(torch.from_numpy(frames)))
     z = model.latent_from(emb, torch.from_numpy(feats))
     return model.head.logits(z), z
+
+
+def subset(data: Prepared, idx: list[int]) -> Prepared:
+    return Prepared(data.runs.subset(idx), [data.frames[i] for i in idx], [data.feats[i] for i in idx])
 
 
 def fit(train: Prepared, val: Prepared, cfg: HazardConfig, progress: Callable[[int], None] | None = None):

@@ -215,10 +215,12 @@ def cli_main(args: argparse.Namespace) -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(
-        f"early-warning: pre-transition AUROC {main['auroc_pre_transition']:.3f} (AUROC {main['auroc']:.3f}); "
+        f"early-warning: pre-transition AUROC {main['auroc_pre_transition']:.3f} "
+        f"(AUROC {main['auroc']:.3f}); "
         f"rule risk >= {rule.major:g} x{rule.min_count}: lead {main['lead_time_frames_median']:.1f} frames, "
         f"warned before t* {main['warned_before_t_star']:.0%}, false alarms {main['false_alarm_rate']:.1%}; "
-        f"window p50 {lat['window_latency_ms_p50']:.2f} ms (+ preprocessing {lat['preprocess_ms_p50']:.2f} ms); wrote {args.json}"
+        f"window p50 {lat['window_latency_ms_p50']:.2f} ms "
+        f"(+ preprocessing {lat['preprocess_ms_p50']:.2f} ms); wrote {args.json}"
     )
     return 0
 
