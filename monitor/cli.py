@@ -277,8 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--end-mA", dest="end_mA", type=float, default=4.0, help="charging ramp end")
     cl.add_argument("--step-frame", type=int, default=None, help="a current step at this frame, not a ramp")
     cl.add_argument("--safe-mA", dest="safe_mA", type=float, default=0.5, help="current after TRIP")
-    cl.add_argument("--risk-major", type=float, default=0.8, help="MAJOR when risk >= this ...")
-    cl.add_argument("--risk-windows", type=int, default=3, help="... for this many consecutive windows")
+    cl.add_argument(
+        "--risk-major", type=float, default=None, help="MAJOR when risk >= this (default: calibrated)"
+    )
+    cl.add_argument(
+        "--risk-windows", type=int, default=None, help="... for this many windows (default: calibrated)"
+    )
     cl.add_argument("--weights", default=None, help="weights directory (default: engines/weights)")
     cl.add_argument("--delay", type=float, default=0.25, help="seconds between frames")
     cl.add_argument("--open-loop", action="store_true", help="ignore TRIP (no reaction)")
