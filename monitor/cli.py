@@ -112,9 +112,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        rules=_replay_rules(args),
+        series_glob=getattr(args, "series_glob", None),
     )
     print(summary)
     return 0
+
+
+def _replay_rules(args: argparse.Namespace) -> tuple | None:
+    """``replay --config``: that config's alarm rules on this pipeline; else None (defaults)."""
+    if not getattr(args, "config", None):
+        return None
+    cfg = load_config(Path(args.config))
+    return tuple(r for r in cfg.alerts.rules if r.kind == "threshold" and r.pipeline == args.pipeline)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -242,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--dataset", default=None, help="HDF5 dataset path (default: auto-detect)")
     rp.add_argument("--overwrite", action="store_true")
     rp.add_argument("--no-progress", action="store_true")
+    rp.add_argument("--series-glob", default=None, help="HDF5: replay every dataset/group matching this glob")
+    rp.add_argument("--config", default=None, help="evaluate this config's alarm rules on the pipeline")
     rp.set_defaults(fn=cmd_replay)
 
     d = sub.add_parser("demo", help="simulator + daemon + dashboard on this machine")

@@ -1,4 +1,9 @@
-"""Offline replay: a file through the same daemon, pipeline and store code as a live run."""
+"""Offline replay: a file through the same daemon, pipeline, alarm rules and store code as a live
+run. Alarm rules: the ones given (e.g. from a config), or for ``early_warning`` with none given,
+the shipped model's calibrated rule (:mod:`monitor.pipelines.early_warning_rule`); alarms go to
+the run file's ``/entry/alarms`` and to ``<out stem>.alarms.jsonl`` next to it, as live. A
+``series_glob`` replays every matching HDF5 dataset (or group) of a multi-run file as its own
+series in one call."""
 
 from __future__ import annotations
 
@@ -9,9 +14,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from monitor.config import (
+    AlertSettings,
     DashboardSettings,
     MonitorConfig,
     PipelineSettings,
+    RuleSettings,
     SourceSettings,
     StoreSettings,
 )
@@ -35,7 +42,9 @@ class ReplaySummary:
         )
 
 
-def replay_config(inp: Path, pipeline: str, out: Path, dataset: str | None) -> MonitorConfig:
+def replay_config(
+    inp: Path, pipeline: str, out: Path, dataset: str | None, rules: tuple[RuleSettings, ...] = ()
+) -> MonitorConfig:
     return MonitorConfig(
         run=out.stem,
         sources=(SourceSettings(name="replay", kind="replay", path=str(inp), dataset=dataset or ""),),
@@ -43,6 +52,7 @@ def replay_config(inp: Path, pipeline: str, out: Path, dataset: str | None) -> M
         pipelines=(PipelineSettings(name=pipeline, kind=pipeline, policy="block"),),  # type: ignore[arg-type]
         store=StoreSettings(directory=str(out.parent), filename=out.name),
         dashboard=DashboardSettings(enabled=False),
+        alerts=AlertSettings(journal=f"{out.stem}.alarms.jsonl", rules=rules),
     )
 
 
@@ -88,6 +98,8 @@ def replay_file(
     dataset: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    rules: tuple[RuleSettings, ...] | None = None,
+    series_glob: str | None = None,
 ) -> ReplaySummary:
     from monitor.sources.replay import count_frames
 
@@ -98,6 +110,20 @@ def replay_file(
             raise MonitorError(f"{out} exists (use --overwrite to replace it)")
         out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
+    if series_glob:
+        dataset = series_glob
+    if rules is None:
+        rules = default_rules(pipeline)
     total = count_frames(inp, dataset)
-    cfg = replay_config(inp, pipeline, out, dataset)
+    cfg = replay_config(inp, pipeline, out, dataset, tuple(rules))
     return asyncio.run(_replay(cfg, out, total, progress))
+
+
+def default_rules(pipeline: str) -> tuple[RuleSettings, ...]:
+    """Rules replay evaluates when none are given: the shipped early-warning model's calibrated
+    rule (and its OOD rule) for ``early_warning``; none for the other pipelines."""
+    if pipeline != "early_warning":
+        return ()
+    from monitor.pipelines.early_warning_rule import rule_settings
+
+    return rule_settings("dendrite_risk", pipeline)
