@@ -30,7 +30,14 @@ from engines.registry import WEIGHTS_DIR, TensorSpec, save_model
 from engines.synth.growth import HORIZON, ORDER_WINDOW, PSI_CRIT, PSI_MARGIN, SMOOTH
 from engines.train import early_warning_hazard as hz
 from engines.train.early_warning_data import NET_SIZE, WINDOW
-from engines.train.early_warning_geo_data import GEO_CACHE, GEO_SEED_BASE, geo_specs, simulate_geo_set
+from engines.train.early_warning_geo_data import (
+    GEO_CACHE,
+    GEO_SEED_BASE,
+    MAX_CANVAS,
+    geo_specs,
+    resolved,
+    simulate_geo_set,
+)
 
 log = logging.getLogger("engines.train.early_warning")
 
@@ -40,7 +47,7 @@ VERSION = "2.0.0"
 MODES = ("hybrid", "cnn", "features", "static", "logistic")
 FULL_SPLITS = {"train": 300, "val": 200, "test": 240}
 QUICK_SPLITS = {"train": 10, "val": 6, "test": 8}
-EPOCHS = {"hybrid": 6, "cnn": 4, "features": 25, "static": 3, "logistic": 25}
+EPOCHS = {"hybrid": 15, "cnn": 15, "features": 60, "static": 8, "logistic": 60}
 SELECT_RUNS = 60
 """Validation runs used for per-epoch model selection (all of them calibrate the alarm rule)."""
 OUTPUTS = ("hazard", "risk", "latent", "frames_to_transition")
@@ -54,7 +61,11 @@ T_STAR_DEFINITION = (
 
 
 def load(split: str, n: int, quick: bool, cache: Path | None):
-    return simulate_geo_set(geo_specs(split, n, quick=quick), split, cache=cache, workers=1 if quick else 2)
+    """The split's runs at a resolution where fingers are visible (see ``MAX_CANVAS``)."""
+    specs = geo_specs(split, n, quick=quick)
+    rs, geo = simulate_geo_set(specs, split, cache=cache, workers=1 if quick else 2)
+    keep = resolved(specs)
+    return rs.subset(keep), geo[keep]
 
 
 def ood_stats(data: hz.Prepared, out: hz.Outputs) -> dict[str, object]:
@@ -191,6 +202,7 @@ def cli_main(args: argparse.Namespace) -> int:
             },
             "ood": ood_stats(data["train"], train_out),
             "seed_ranges": GEO_SEED_BASE,
+            "max_canvas": MAX_CANVAS,
         },
     )
     torch.save(
