@@ -162,14 +162,15 @@ BENCHES: dict[str, str] = {
     "ingest": "monitor.cli:_bench_ingest",
     "engines": "monitor.bench.engines:cli_main",
     "early-warning": "monitor.bench.early_warning:cli_main",
+    "early-warning-forecast": "monitor.bench.early_warning_forecast:cli_main",
     "segmentation": "monitor.bench.segmentation:cli_main",
     "alignment": "monitor.bench.alignment:cli_main",
     "stream2": "monitor.bench.stream2:cli_main",
     "bluesky": "monitor.bench.bluesky:cli_main",
 }
 TRAINERS: dict[str, str] = {
-    "early-warning": "engines.train.early_warning_forecast:cli_main",
-    "early-warning-legacy": "engines.train.early_warning:cli_main",
+    "early-warning": "engines.train.early_warning:cli_main",
+    "early-warning-forecast": "engines.train.early_warning_forecast:cli_main",
     "segmentation": "engines.train.segmentation:cli_main",
     "alignment": "engines.train.alignment:cli_main",
 }

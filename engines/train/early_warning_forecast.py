@@ -1,4 +1,4 @@
-"""`operando-monitor train early-warning`: the forecasting (hazard) model on any geometry.
+"""`operando-monitor train early-warning-forecast`: the forecasting (hazard) model on any geometry.
 
 Simulates (cached under ``runs/cache/early_warning_geo``) the geometry splits of
 :mod:`engines.train.early_warning_geo_data`, computes the geometry-free window features, trains
@@ -6,9 +6,10 @@ the five variants of :class:`~engines.models.hazard_gru.HazardNet` (hybrid CNN +
 CNN → GRU, features → GRU, static CNN, logistic) with the survival loss, picks the variant with
 the best *validation* pre-transition AUROC, calibrates each variant's alarm rule on the
 validation runs (false alarms ≤ 5 %), evaluates everything on the held-out test runs (per
-geometry), exports the winner as ``early_warning_cnn_gru`` (ONNX + manifest + state dict) and
-the others to ``early_warning_baselines.pt``, with metrics and plots under
-``<out>/reports/early_warning/``.
+geometry), exports the winner as ``early_warning_hazard`` (ONNX + manifest + state dict) and
+the others to ``early_warning_hazard_baselines.pt``, with metrics and plots under
+``<out>/reports/early_warning_hazard/``. (The default ``early_warning_cnn_gru`` is the legacy
+model, ``train early-warning``.)
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ from engines.train.early_warning_geo_data import (
 
 log = logging.getLogger("engines.train.early_warning")
 
-MODEL_NAME = "early_warning_cnn_gru"
-BASELINES_FILE = "early_warning_baselines.pt"
-VERSION = "2.0.0"
+MODEL_NAME = "early_warning_hazard"
+BASELINES_FILE = "early_warning_hazard_baselines.pt"
+VERSION = "0.1.0"
 MODES = ("hybrid", "cnn", "features", "static", "logistic")
 FULL_SPLITS = {"train": 300, "val": 200, "test": 240}
 QUICK_SPLITS = {"train": 10, "val": 6, "test": 8}
@@ -124,7 +125,7 @@ def cli_main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads or 1)
     quick = bool(args.quick)
     out_dir = Path(args.out) if args.out else WEIGHTS_DIR
-    report_dir = out_dir / "reports" / "early_warning"
+    report_dir = out_dir / "reports" / MODEL_NAME
     cache = (out_dir / "cache") if quick else GEO_CACHE
     sizes = QUICK_SPLITS if quick else FULL_SPLITS
     raw = {s: load(s, n, quick, cache) for s, n in sizes.items() if s != "test"}
@@ -161,7 +162,11 @@ def cli_main(args: argparse.Namespace) -> int:
     model = models[winner]
     rule = rules[winner]
     train_out = hz.predict_all(model, data["train"])
-    command = "operando-monitor train early-warning" + (" --quick" if quick else "") + f" --seed {args.seed}"
+    command = (
+        "operando-monitor train early-warning-forecast"
+        + (" --quick" if quick else "")
+        + f" --seed {args.seed}"
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     export(
         model,
@@ -230,7 +235,7 @@ def cli_main(args: argparse.Namespace) -> int:
     (report_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     w = test_m[winner]["all"]
     print(
-        f"early-warning ({winner}): test pre-transition AUROC {w['auroc_pre_transition']:.3f}; "
+        f"early-warning forecast ({winner}): test pre-transition AUROC {w['auroc_pre_transition']:.3f}; "
         + ", ".join(f"{m} {test_m[m]['all']['auroc_pre_transition']:.3f}" for m in MODES if m != winner)
         + f"; rule risk >= {rule.major} x{rule.min_count}: lead {w['lead_time_frames_median']:.1f} frames, "
         f"warned {w['warned_before_t_star']:.0%}, false alarms {w['false_alarm_rate']:.1%}; "

@@ -45,16 +45,18 @@ def _growth(i: int, series: str = "s", scale: float = 1.0) -> Frame:
 
 
 def test_forecast_scalars_and_calibrated_rule(weights: Path) -> None:
-    pipe = EarlyWarningPipeline(PipelineSettings(name="ew", kind="early_warning", weights_dir=str(weights)))
+    pipe = EarlyWarningPipeline(
+        PipelineSettings(name="ew", kind="early_warning", weights_dir=str(weights), model=MODEL_NAME)
+    )
     assert pipe.forecast and pipe.schema().scalars == SCALARS + FORECAST_SCALARS
     out = pipe.process([_growth(i) for i in range(10)])
     assert all(math.isnan(r.scalars["lead_time_lo"]) for r in out[:7])
     s = out[-1].scalars
     assert 0 <= s["risk"] <= 1 and s["lead_time_lo"] <= s["lead_time_hi"] <= 28
     assert 0 <= s["lead_time_frames"] <= 28 and s["ood"] == 0.0 and s["alarm_risk"] == s["risk"]
-    c = calibrated_rule(str(weights))
+    c = calibrated_rule(str(weights), MODEL_NAME)
     assert (c.metric, c.major, c.min_count, c.forecast) == ("alarm_risk", 0.6, 2, True)
-    names = [r.name for r in rule_settings("r", "ew", str(weights))]
+    names = [r.name for r in rule_settings("r", "ew", str(weights), MODEL_NAME)]
     assert names == ["r", OOD_RULE]
 
 
@@ -69,7 +71,9 @@ def test_ood_flag_needs_consecutive_far_windows_and_gates_alarm_risk(weights: Pa
     assert ood.update(("g", "a"), near, 1e6)[1] is True  # latent far too: stays flagged
     flags = [ood.update(("g", "a"), near, 0.0)[1] for _ in range(3)]
     assert flags == [True, True, False]
-    pipe = EarlyWarningPipeline(PipelineSettings(name="ew", kind="early_warning", weights_dir=str(weights)))
+    pipe = EarlyWarningPipeline(
+        PipelineSettings(name="ew", kind="early_warning", weights_dir=str(weights), model=MODEL_NAME)
+    )
     pipe.ood = OodMonitor({**manifest["extra"]["ood"], "score_threshold": -1.0}, min_count=2)  # all far
     out = pipe.process([_growth(i, "x") for i in range(12)])
     assert out[-1].scalars["ood"] == 1.0 and math.isnan(out[-1].scalars["alarm_risk"])
