@@ -200,7 +200,7 @@ def cli_main(args: argparse.Namespace) -> int:
             "order_parameter": T_STAR_DEFINITION,
             "alarm_rule": {
                 **asdict(rule),
-                "calibrated_on": f"{sizes['val']} validation runs",
+                "calibrated_on": f"{len(raw['val'][0])} validation runs",
                 "val_false_alarm_rate": val_m[winner]["false_alarm_rate"],
                 "val_runs_compact": val_m[winner]["runs_compact"],
                 "max_false_alarm_rate": 0.05,
