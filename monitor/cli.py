@@ -120,11 +120,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _replay_rules(args: argparse.Namespace) -> tuple | None:
-    """``replay --config``: that config's alarm rules on this pipeline; else None (defaults)."""
+    """``replay --config``: that config's threshold rules on pipelines of the replayed kind
+    (re-targeted at the replay's pipeline); else None (the defaults)."""
     if not getattr(args, "config", None):
         return None
+    from dataclasses import replace
+
     cfg = load_config(Path(args.config))
-    return tuple(r for r in cfg.alerts.rules if r.kind == "threshold" and r.pipeline == args.pipeline)
+    names = {p.name for p in cfg.pipelines if p.kind == args.pipeline} | {args.pipeline}
+    return tuple(
+        replace(r, pipeline=args.pipeline)
+        for r in cfg.alerts.rules
+        if r.kind == "threshold" and r.pipeline in names
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -48,7 +48,7 @@ VERSION = "0.1.0"
 MODES = ("hybrid", "cnn", "features", "static", "logistic")
 FULL_SPLITS = {"train": 300, "val": 200, "test": 240}
 QUICK_SPLITS = {"train": 10, "val": 6, "test": 8}
-EPOCHS = {"hybrid": 15, "cnn": 15, "features": 60, "static": 8, "logistic": 60}
+EPOCHS = {"hybrid": 25, "cnn": 15, "features": 200, "static": 8, "logistic": 100}
 SELECT_RUNS = 60
 """Validation runs used for per-epoch model selection (all of them calibrate the alarm rule)."""
 OUTPUTS = ("hazard", "risk", "latent", "frames_to_transition")

@@ -81,3 +81,22 @@ def test_default_rules_are_the_calibrated_early_warning_rule() -> None:
     assert default_rules("frame_stats") == ()
     rules = default_rules("early_warning")
     assert rules[0].pipeline == "early_warning" and rules[0].major is not None
+
+
+def test_cli_replay_with_series_glob_and_the_configs_rules(multi: Path, tmp_path: Path) -> None:
+    from monitor.cli import main
+    from monitor.store.reader import RunReader
+    from tests.helpers import ROOT
+
+    text = (ROOT / "examples" / "monitor.toml").read_text()
+    text = text.replace('metric = "saturated_fraction"', 'metric = "mean"').replace(
+        "major = 0.01", "major = 150.0"
+    )
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(text)
+    out = tmp_path / "cli.h5"
+    argv = ["replay", str(multi), "--pipeline", "frame_stats", "--out", str(out), "--no-progress"]
+    assert main([*argv, "--series-glob", "/run*/frames", "--config", str(cfg)]) == 0
+    with RunReader(out) as r:
+        assert len(r.results("frame_stats")) == 10
+        assert any(a.alarm.rule == "saturation" for a in r.alarms())
