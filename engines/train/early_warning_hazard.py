@@ -263,9 +263,10 @@ def calibrate_rule(
 ) -> tuple[Rule, dict[str, float]]:
     """The rule (threshold, min_count) with false alarms <= ``max_false`` on these (validation)
     runs that warns most transitions before t*, then with the longest median lead."""
-    best, best_key, best_m = Rule(0.98, 4), (-1.0, -1e9), {}
-    for mc in (1, 2, 3, 4):
-        for thr in np.round(np.arange(0.2, 0.981, 0.02), 3):
+    best, best_key, best_m = Rule(0.995, 8), (-1.0, -1e9), {}
+    thresholds = np.concatenate([np.arange(0.2, 0.98, 0.02), [0.98, 0.985, 0.99, 0.995]])
+    for mc in (1, 2, 3, 4, 5, 6, 8):
+        for thr in np.round(thresholds, 3):
             rule = Rule(float(thr), mc)
             m = rule_metrics(runs, risk, rule)
             if not m["false_alarm_rate"] <= max_false:
