@@ -148,6 +148,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         options=parse_option_args(getattr(args, "option", None)),
         energies=getattr(args, "energies", None) or "",
+        rules=_replay_rules(args),
+        series_glob=getattr(args, "series_glob", None),
     )
     print(summary)
     return 0
@@ -173,6 +175,22 @@ def cmd_particles(args: argparse.Namespace) -> int:
         f"{info.diameter_px:.0f} px, block factor {info.factor})"
     )
     return 0
+
+
+def _replay_rules(args: argparse.Namespace) -> tuple | None:
+    """``replay --config``: that config's threshold rules on pipelines of the replayed kind
+    (re-targeted at the replay's pipeline); else None (the defaults)."""
+    if not getattr(args, "config", None):
+        return None
+    from dataclasses import replace
+
+    cfg = load_config(Path(args.config))
+    names = {p.name for p in cfg.pipelines if p.kind == args.pipeline} | {args.pipeline}
+    return tuple(
+        replace(r, pipeline=args.pipeline)
+        for r in cfg.alerts.rules
+        if r.kind == "threshold" and r.pipeline in names
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -210,6 +228,7 @@ BENCHES: dict[str, str] = {
     "ingest": "monitor.cli:_bench_ingest",
     "engines": "monitor.bench.engines:cli_main",
     "early-warning": "monitor.bench.early_warning:cli_main",
+    "early-warning-forecast": "monitor.bench.early_warning_forecast:cli_main",
     "segmentation": "monitor.bench.segmentation:cli_main",
     "alignment": "monitor.bench.alignment:cli_main",
     "stream2": "monitor.bench.stream2:cli_main",
@@ -222,6 +241,7 @@ BENCHES: dict[str, str] = {
 }
 TRAINERS: dict[str, str] = {
     "early-warning": "engines.train.early_warning:cli_main",
+    "early-warning-forecast": "engines.train.early_warning_forecast:cli_main",
     "segmentation": "engines.train.segmentation:cli_main",
     "alignment": "engines.train.alignment:cli_main",
 }
@@ -355,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="pipeline option (repeatable), checked like [pipelines.options], e.g. --option detect_every=1",
     )
     rp.add_argument("--energies", default=None, help="per-frame energies (eV), a text file, one per frame")
+    rp.add_argument("--series-glob", default=None, help="HDF5: replay every dataset/group matching this glob")
+    rp.add_argument("--config", default=None, help="evaluate this config's alarm rules on the pipeline")
     rp.set_defaults(fn=cmd_replay)
 
     pa = sub.add_parser("particles", help="instance labels of one 2-D image (uint16 TIFF), prints the count")
@@ -400,8 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--end-mA", dest="end_mA", type=float, default=4.0, help="charging ramp end")
     cl.add_argument("--step-frame", type=int, default=None, help="a current step at this frame, not a ramp")
     cl.add_argument("--safe-mA", dest="safe_mA", type=float, default=0.5, help="current after TRIP")
-    cl.add_argument("--risk-major", type=float, default=0.8, help="MAJOR when risk >= this ...")
-    cl.add_argument("--risk-windows", type=int, default=3, help="... for this many consecutive windows")
+    cl.add_argument(
+        "--risk-major", type=float, default=None, help="MAJOR when risk >= this (default: calibrated)"
+    )
+    cl.add_argument(
+        "--risk-windows", type=int, default=None, help="... for this many windows (default: calibrated)"
+    )
     cl.add_argument("--weights", default=None, help="weights directory (default: engines/weights)")
     cl.add_argument("--delay", type=float, default=0.25, help="seconds between frames")
     cl.add_argument("--open-loop", action="store_true", help="ignore TRIP (no reaction)")

@@ -66,6 +66,11 @@ class Daemon:
         self.telemetry = Telemetry()
         self.live = LiveState(history=cfg.dashboard.history)
         self.live.pipelines = tuple((p.name, p.kind) for p in cfg.pipelines)
+        self.live.thresholds = tuple(
+            (r.pipeline, r.metric, r.major, r.hysteresis, r.min_count)
+            for r in cfg.alerts.rules
+            if r.kind == "threshold" and r.major is not None
+        )
         self.live.ack_handler = self._acknowledge
         self._ack_guard = TokenGuard()
         self.store_path = store_path or run_path(cfg)

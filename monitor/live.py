@@ -90,6 +90,9 @@ class LiveState:
         self._history = history
         self.pipelines: tuple[tuple[str, str], ...] = ()
         """(name, kind) of each configured pipeline; set by the daemon, read by the display."""
+        self.thresholds: tuple[tuple[str, str, float, float, int], ...] = ()
+        """(pipeline, metric, major, hysteresis, min_count) of each configured MAJOR threshold
+        rule; set by the daemon, read by panels that draw their alarm level."""
         self._version = 0
         self.ack_handler: AckHandler = _reject_ack
 

@@ -1,4 +1,9 @@
-"""Offline replay: a file through the same daemon, pipeline and store code as a live run."""
+"""Offline replay: a file through the same daemon, pipeline, alarm rules and store code as a live
+run. Alarm rules: the ones given (e.g. from a config), or for ``early_warning`` with none given,
+the shipped model's calibrated rule (:mod:`monitor.pipelines.early_warning_rule`); alarms go to
+the run file's ``/entry/alarms`` and to ``<out stem>.alarms.jsonl`` next to it, as live. A
+``series_glob`` replays every matching HDF5 dataset (or group) of a multi-run file as its own
+series in one call."""
 
 from __future__ import annotations
 
@@ -11,9 +16,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from monitor.config import (
+    AlertSettings,
     DashboardSettings,
     MonitorConfig,
     PipelineSettings,
+    RuleSettings,
     SourceSettings,
     StoreSettings,
 )
@@ -70,6 +77,7 @@ def replay_config(
     dataset: str | None,
     options: dict[str, bool | int | float | str] | None = None,
     energies: str = "",
+    rules: tuple[RuleSettings, ...] = (),
 ) -> MonitorConfig:
     return MonitorConfig(
         run=out.stem,
@@ -84,6 +92,7 @@ def replay_config(
         ),
         store=StoreSettings(directory=str(out.parent), filename=out.name),
         dashboard=DashboardSettings(enabled=False),
+        alerts=AlertSettings(journal=f"{out.stem}.alarms.jsonl", rules=rules),
     )
 
 
@@ -133,6 +142,8 @@ def replay_file(
     progress: bool = True,
     options: dict[str, bool | int | float | str] | None = None,
     energies: str = "",
+    rules: tuple[RuleSettings, ...] | None = None,
+    series_glob: str | None = None,
 ) -> ReplaySummary:
     from monitor.pipelines.registry import build_pipeline
     from monitor.sources.replay import count_frames, load_energies
@@ -141,12 +152,26 @@ def replay_file(
         raise MonitorError(f"unknown pipeline {pipeline!r} (available: {', '.join(sorted(PIPELINE_KINDS))})")
     if out.exists() and not overwrite:
         raise MonitorError(f"{out} exists (use --overwrite to replace it)")
+    if series_glob:
+        dataset = series_glob
+    if rules is None:
+        rules = default_rules(pipeline)
     total = count_frames(inp, dataset)
     load_energies(inp, dataset, energies, total)  # a bad energies file fails here, not mid-run
-    cfg = replay_config(inp, pipeline, out, dataset, options, energies)
+    cfg = replay_config(inp, pipeline, out, dataset, options, energies, tuple(rules))
     if options:  # checked exactly like [pipelines.options], before anything is written
         build_pipeline(cfg.pipelines[0]).close()
     if out.exists():
         out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
     return asyncio.run(_replay(cfg, out, total, progress))
+
+
+def default_rules(pipeline: str) -> tuple[RuleSettings, ...]:
+    """Rules replay evaluates when none are given: the shipped early-warning model's calibrated
+    rule (and its OOD rule) for ``early_warning``; none for the other pipelines."""
+    if pipeline != "early_warning":
+        return ()
+    from monitor.pipelines.early_warning_rule import rule_settings
+
+    return rule_settings("dendrite_risk", pipeline)

@@ -1,8 +1,11 @@
-"""Early-warning panel: growth image, risk timeline with the alarm band, latent trace, status.
+"""Early-warning panel: growth image, risk forecast with the alarm band, frames-to-transition
+forecast with its interval, latent trace, status (with the out-of-distribution flag).
 
 Samples ``LiveState``: ``latest(pipeline)`` for the newest growth image, ``points(pipeline)`` for
-the risk / latent / lead-time timelines (every result; NaN while a window fills). The band
-shades the hysteresis region (clear below 0.6, alarm at ≥ 0.8 for 3 windows).
+the timelines (every result; NaN while a window fills). The alarm level and its hysteresis band
+come from the configured MAJOR threshold rule on this pipeline's ``alarm_risk`` / ``risk``
+(``LiveState.thresholds``; 0.8 / 0.2 if none is configured). The forecast plot shows the
+expected frames to transition (E[min(T, K)] from the hazard head) with its 10–90 % band.
 """
 
 from __future__ import annotations
@@ -31,16 +34,48 @@ def _empty_image() -> dict[str, list[object]]:
 
 
 def timeline(points: list[LivePoint]) -> dict[str, list[float]]:
-    """Columns for the timelines: ``t`` (ms epoch), risk, latent, lead time, frame index."""
-    cols: dict[str, list[float]] = {"t": [], "risk": [], "latent": [], "lead": [], "index": []}
+    """Columns for the timelines: ``t`` (ms epoch), risk, latent, lead time (and its 10–90 %
+    interval, the lead time itself when the model gives none), OOD flag, frame index."""
+    nan = float("nan")
+    cols: dict[str, list[float]] = {
+        "t": [], "risk": [], "latent": [], "lead": [], "lead_lo": [], "lead_hi": [], "ood": [], "index": []
+    }  # fmt: skip
     for p in points:
         s = dict(p.scalars)
+        lead = s.get("lead_time_frames", nan)
         cols["t"].append(p.t * 1000.0)
-        cols["risk"].append(s.get("risk", float("nan")))
-        cols["latent"].append(s.get("latent", float("nan")))
-        cols["lead"].append(s.get("lead_time_frames", float("nan")))
+        cols["risk"].append(s.get("risk", nan))
+        cols["latent"].append(s.get("latent", nan))
+        cols["lead"].append(lead)
+        cols["lead_lo"].append(s.get("lead_time_lo", lead))
+        cols["lead_hi"].append(s.get("lead_time_hi", lead))
+        cols["ood"].append(s.get("ood", 0.0))
         cols["index"].append(float(p.index))
     return cols
+
+
+def frames_text(expected: float, lo: float, hi: float, k: int = 28) -> str:
+    """Expected frames to transition with its interval, as an operator reads it: ``12 (5–20)``,
+    ``> 28`` beyond the forecast range, ``now`` below one frame (never ``8e-05``)."""
+    if not np.isfinite(expected):
+        return "–"
+    if expected < 1.0 and (not np.isfinite(hi) or hi < 1.0):
+        return "now (already transitioning)"
+    if expected >= k - 0.5:
+        return f"> {k}"
+    body = f"{expected:.0f}"
+    if np.isfinite(lo) and np.isfinite(hi):
+        hi_s = f"> {k}" if hi >= k else f"{hi:.0f}"
+        body += f" ({lo:.0f}–{hi_s})"
+    return body
+
+
+def configured_threshold(live: LiveState, pipeline: str) -> tuple[float, float, int]:
+    """(major, hysteresis, min_count) of the configured risk rule on ``pipeline``."""
+    for name, metric, major, hyst, count in getattr(live, "thresholds", ()):
+        if name == pipeline and metric in ("alarm_risk", "risk"):
+            return float(major), float(hyst), int(count)
+    return MAJOR, MAJOR - CLEAR, 3
 
 
 class EarlyWarningPanel:
@@ -60,19 +95,25 @@ class EarlyWarningPanel:
         self.frame.grid.visible = False
         self.frame.axis.visible = False
         self.frame.title.text_font_size = "13px"
+        self.major, hyst, self.min_count = configured_threshold(live, pipeline)
+        self.clear = self.major - hyst
         self.series = ColumnDataSource(timeline([]), name="early_warning_series")
         self.risk = figure(
             name="early_warning_risk", title="Risk: transition within H frames", width=560, height=200,
             x_axis_type="datetime", y_range=Range1d(-0.02, 1.02), tools="xpan,xwheel_zoom,reset",
             toolbar_location=None,
         )  # fmt: skip
-        self.risk.add_layout(BoxAnnotation(bottom=CLEAR, top=MAJOR, fill_color="#eab308", fill_alpha=0.15))
+        major = self.major
         self.risk.add_layout(
-            BoxAnnotation(bottom=MAJOR, top=1.02, fill_color=SEVERITY_COLORS[Severity.MAJOR], fill_alpha=0.10)
+            BoxAnnotation(bottom=self.clear, top=major, fill_color="#eab308", fill_alpha=0.15)
         )
         self.risk.add_layout(
-            Span(location=MAJOR, dimension="width", line_color=RISK_COLOR, line_dash="dashed")
+            BoxAnnotation(bottom=major, top=1.02, fill_color=SEVERITY_COLORS[Severity.MAJOR], fill_alpha=0.10)
         )
+        self.risk.add_layout(
+            Span(location=major, dimension="width", line_color=RISK_COLOR, line_dash="dashed")
+        )
+        self.risk.title.text = f"Risk: transition within H frames (alarm ≥ {major:g} for {self.min_count})"
         self.risk.line("t", "risk", source=self.series, color=RISK_COLOR, line_width=2)
         self.risk.yaxis.axis_label = "risk"
         self.latent = figure(
@@ -81,12 +122,22 @@ class EarlyWarningPanel:
         )  # fmt: skip
         self.latent.line("t", "latent", source=self.series, color=LATENT_COLOR, line_width=2)
         self.latent.yaxis.axis_label = "latent"
-        for fig in (self.risk, self.latent):
+        self.forecast = figure(
+            name="early_warning_forecast", title="Forecast: frames to transition (expected, 10–90 % band)",
+            width=560, height=160, x_axis_type="datetime", x_range=self.risk.x_range, tools="",
+            toolbar_location=None,
+        )  # fmt: skip
+        self.forecast.varea(
+            "t", "lead_lo", "lead_hi", source=self.series, fill_color=RISK_COLOR, fill_alpha=0.15
+        )
+        self.forecast.line("t", "lead", source=self.series, color=RISK_COLOR, line_width=2)
+        self.forecast.yaxis.axis_label = "frames"
+        for fig in (self.risk, self.latent, self.forecast):
             fig.title.text_font_size = "13px"
         self.status = Div(name="early_warning_status", text=self._status_html(None), width=560)
         self.layout: UIElement = column(
             Div(text=heading(f"Early warning · {pipeline}")),
-            row(self.frame, column(self.risk, self.latent, self.status)),
+            row(self.frame, column(self.risk, self.forecast, self.latent, self.status)),
             styles=SECTION_STYLE,
         )
         self._key: tuple[str, int] | None = None
@@ -113,8 +164,7 @@ class EarlyWarningPanel:
             self.series.data = timeline(points)
             self.status.text = self._status_html(points[-1] if points else None)
 
-    @staticmethod
-    def _status_html(point: LivePoint | None) -> str:
+    def _status_html(self, point: LivePoint | None) -> str:
         if point is None:
             return f'<div class="om-ew-status" style="color: {TEXT_MUTED}">no results yet</div>'
         s = dict(point.scalars)
@@ -122,9 +172,11 @@ class EarlyWarningPanel:
         fill = s.get("window_fill", 0.0)
         if not np.isfinite(risk):
             state, color = f"filling window ({fill:.0%})", TEXT_MUTED
-        elif risk >= MAJOR:
+        elif s.get("ood", 0.0) >= 0.5:
+            state, color = "OUT OF DISTRIBUTION — forecast not trusted", SEVERITY_COLORS[Severity.MINOR]
+        elif risk >= self.major:
             state, color = "HIGH — dendritic transition imminent", SEVERITY_COLORS[Severity.MAJOR]
-        elif risk >= CLEAR:
+        elif risk >= self.clear:
             state, color = "elevated", SEVERITY_COLORS[Severity.MINOR]
         else:
             state, color = "compact growth", SEVERITY_COLORS[Severity.NO_ALARM]
@@ -133,7 +185,15 @@ class EarlyWarningPanel:
             ("frame", str(point.index)),
             ("risk", number(risk)),
             ("latent", number(s.get("latent", float("nan")))),
-            ("lead time est. [frames]", number(s.get("lead_time_frames", float("nan")))),
+            (
+                "frames to transition",
+                frames_text(
+                    s.get("lead_time_frames", float("nan")),
+                    s.get("lead_time_lo", float("nan")),
+                    s.get("lead_time_hi", float("nan")),
+                ),
+            ),
+            ("OOD", "yes" if s.get("ood", 0.0) >= 0.5 else "no"),
         ]
         body = "".join(
             f'<span style="margin-right: 14px; white-space: nowrap;"><span style="color: {TEXT_MUTED}">'

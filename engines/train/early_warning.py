@@ -253,6 +253,11 @@ def load_model(weights_dir: Path | None = None) -> CnnGru:
     info = manifest.extra.get("torch")
     if not isinstance(info, dict):
         raise FileNotFoundError(f"{MODEL_NAME} in {d} has no torch state dict to fine-tune from")
+    if info.get("factory") != "engines.models.cnn_gru:CnnGru":
+        raise FileNotFoundError(
+            f"{MODEL_NAME} in {d} is the forecasting (hazard) model; fine-tuning supports the legacy "
+            "CNN-GRU (train early-warning-legacy) only: retrain with train early-warning instead"
+        )
     model = CnnGru()
     model.load_state_dict(torch.load(Path(d) / str(info["state_dict"]), weights_only=True))
     model.eval()

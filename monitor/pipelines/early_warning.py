@@ -9,8 +9,15 @@ window is full the result has ``risk = latent = lead_time_frames = NaN`` and ``w
 
 Scalars: ``risk`` (probability that the compact-to-dendritic transition happens within H
 frames, or has happened), ``latent`` (the 1-D surrogate variable of destabilisation),
-``lead_time_frames`` (the model's frames-to-transition estimate; 2H means "not soon"),
-``window_fill`` (frames in the window / T).
+``lead_time_frames`` (the model's frames-to-transition estimate; with a hazard model the
+expectation E[min(T, K)], K meaning "not within the forecast range"), ``window_fill`` (frames in
+the window / T). With a forecasting (hazard) model (inputs ``frames`` and ``features``; window
+preprocessing in numpy, :mod:`engines.prep.geo_features`) also: ``lead_time_lo`` /
+``lead_time_hi`` (10 / 90 % quantiles of the forecast), ``ood_score`` (distance of the window's
+features from training, :mod:`monitor.pipelines.early_warning_ood`), ``ood`` (1 while the
+series is out of distribution) and ``alarm_risk`` (``risk``, or NaN while ``ood`` = 1: a rule on
+it holds its state instead of raising a MAJOR on inputs the model has never seen; the ``ood``
+metric raises the MINOR ``early_warning_ood`` instead).
 
 Frames that cannot be used (fewer than ``min_size`` pixels per side, non-finite values) raise
 ``ValueError`` with the reason, so the router marks them FAILED and counts them.
@@ -26,15 +33,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.errors import EngineError
+from engines.prep.geo_features import prepare_window
+from engines.prep.hazard_math import interval
 from engines.registry import load_manifest
 from engines.runtime import create_runner
 from monitor.config import PipelineSettings, parse_options
 from monitor.errors import ConfigError
 from monitor.frames import Frame
 from monitor.pipelines.base import Latency, Result, ResultSchema
+from monitor.pipelines.early_warning_ood import OodMonitor
 
 DEFAULT_MODEL = "early_warning_cnn_gru"
 SCALARS = ("risk", "latent", "lead_time_frames", "window_fill")
+FORECAST_SCALARS = ("lead_time_lo", "lead_time_hi", "ood_score", "ood", "alarm_risk")
 
 
 @dataclass(frozen=True)
@@ -84,10 +95,12 @@ class EarlyWarningPipeline:
         self.window = int(shape[1])
         self.size = int(shape[2])
         self.horizon = int(self.manifest.extra.get("horizon", 12))  # type: ignore[call-overload]
+        self.forecast = any(t.name == "features" for t in self.manifest.inputs)
+        self.ood = OodMonitor(self.manifest.extra.get("ood")) if self.forecast else None
         self._windows: OrderedDict[tuple[str, str], deque[np.ndarray]] = OrderedDict()
 
     def schema(self) -> ResultSchema:
-        return ResultSchema(scalars=SCALARS)
+        return ResultSchema(scalars=SCALARS + (FORECAST_SCALARS if self.forecast else ()))
 
     def _prepare(self, frame: Frame) -> np.ndarray:
         a = frame.array
@@ -117,6 +130,25 @@ class EarlyWarningPipeline:
         """Forget every window (e.g. after a configuration change)."""
         self._windows.clear()
 
+    def _forecast_scalars(
+        self, frame: Frame, outputs: dict[str, np.ndarray], k: int | None
+    ) -> dict[str, float]:
+        nan = float("nan")
+        if k is None or self.ood is None:
+            return {"lead_time_lo": nan, "lead_time_hi": nan, "ood_score": nan, "ood": nan, "alarm_risk": nan}
+        lo, hi = interval(outputs["hazard"][k])
+        score, flag = self.ood.update(
+            (frame.stream, frame.series), outputs["_feats"][k], float(outputs["latent"][k, 0])
+        )
+        risk = float(outputs["risk"][k, 0])
+        return {
+            "lead_time_lo": float(lo),
+            "lead_time_hi": float(hi),
+            "ood_score": score,
+            "ood": float(flag),
+            "alarm_risk": nan if flag else risk,
+        }
+
     def process(self, frames: Sequence[Frame]) -> list[Result]:
         t0 = time.perf_counter()
         prepared = [self._prepare(f) for f in frames]  # validate the whole batch first
@@ -130,7 +162,16 @@ class EarlyWarningPipeline:
                 full.append(i)
                 stacks.append(np.stack(win))
         outputs: dict[str, np.ndarray] = {}
-        if stacks:
+        if stacks and self.forecast:
+            prepped = [prepare_window(w) for w in stacks]
+            outputs = self.runner.infer(
+                {
+                    "frames": np.stack([p[0] for p in prepped]),
+                    "features": np.stack([p[1] for p in prepped]),
+                }
+            )
+            outputs["_feats"] = np.stack([p[1] for p in prepped])
+        elif stacks:
             outputs = self.runner.infer({"frames": np.stack(stacks).astype(np.float32, copy=False)})
         compute = (time.perf_counter() - t0) / max(1, len(frames))
         row = {i: k for k, i in enumerate(full)}
@@ -145,6 +186,8 @@ class EarlyWarningPipeline:
                     "latent": float(outputs["latent"][k, 0]),
                     "lead_time_frames": float(outputs["frames_to_transition"][k, 0]),
                 }
+            if self.forecast:
+                scalars.update(self._forecast_scalars(frame, outputs, k))
             scalars["window_fill"] = fills[i]
             results.append(
                 Result(

@@ -56,6 +56,7 @@ from monitor.config import (
     SourceSettings,
     StoreSettings,
 )
+from monitor.pipelines.early_warning_rule import calibrated_rule
 from monitor.sim.bluesky_demo import SimPotentiostat, make_run_engine, start_proxy_thread
 from monitor.sim.growth_stream import FULL_SCALE
 from monitor.sim.ports import free_port
@@ -102,9 +103,10 @@ class ChargeProtocol:
     safe_mA: float = 0.5
     delay_s: float = 0.25
     """Pause after each frame (the monitor's latency must fit in it for a prompt reaction)."""
-    risk_major: float = 0.8
-    """The rule: MAJOR when ``risk`` ≥ this for ``risk_windows`` consecutive windows."""
-    risk_windows: int = 3
+    risk_major: float | None = None
+    """The rule: MAJOR when ``risk`` ≥ this for ``risk_windows`` consecutive windows (None: the
+    shipped model's calibrated rule, :mod:`monitor.pipelines.early_warning_rule`)."""
+    risk_windows: int | None = None
     cell: CellModel = field(default_factory=CellModel)
 
 
@@ -314,12 +316,13 @@ def daemon_config(
     alarm_pub: str,
     *,
     dashboard_port: int | None,
-    risk_major: float = 0.8,
-    risk_windows: int = 3,
+    risk_major: float | None = None,
+    risk_windows: int | None = None,
     weights_dir: str = "",
 ) -> MonitorConfig:
-    """bluesky source → early_warning → ``risk`` threshold (default as the growth demo: 0.8 for 3
-    windows, hysteresis 0.2)."""
+    """bluesky source → early_warning → risk threshold (default: the shipped model's calibrated
+    rule, as the growth demo; ``risk_major`` / ``risk_windows`` override it)."""
+    cal = calibrated_rule(weights_dir)
     return MonitorConfig(
         run="closed-loop",
         sources=(
@@ -338,10 +341,10 @@ def daemon_config(
                     name=RULE,
                     kind="threshold",
                     pipeline=PIPELINE,
-                    metric="risk",
-                    major=risk_major,
-                    hysteresis=0.2,
-                    min_count=risk_windows,
+                    metric=cal.metric,
+                    major=cal.major if risk_major is None else risk_major,
+                    hysteresis=cal.hysteresis,
+                    min_count=cal.min_count if risk_windows is None else risk_windows,
                 ),
             ),
         ),

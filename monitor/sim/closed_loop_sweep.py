@@ -24,6 +24,7 @@ from monitor.alerts.model import Severity
 from monitor.alerts.rules import ThresholdRule
 from monitor.frames import Frame
 from monitor.pipelines.early_warning import EarlyWarningPipeline
+from monitor.pipelines.early_warning_rule import calibrated_rule
 from monitor.sim.closed_loop import ChargeProtocol, current_ramp, daemon_config, open_loop
 from monitor.sim.growth_stream import FULL_SCALE
 
@@ -64,7 +65,7 @@ def simulate(p: ChargeProtocol, weights_dir: str = "") -> SeedOutcome:
         now = time.time()
         frame = Frame("frames", "sweep", f"seed-{p.seed}", k + 1, array, now, now)
         (result,) = pipeline.process([frame])
-        verdict = rule.evaluate("frames", result.scalars["risk"], frame.series)
+        verdict = rule.evaluate("frames", result.scalars[rule.metric], frame.series)
         if alarm < 0 and verdict is not None and verdict.severity >= Severity.MAJOR:
             alarm = k
         if truth.full:
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs=2, default=[20, 40], metavar=("FIRST", "END"))
     ap.add_argument("--start-mA", dest="start_mA", type=float, default=ChargeProtocol.start_mA)
     ap.add_argument("--end-mA", dest="end_mA", type=float, default=ChargeProtocol.end_mA)
-    ap.add_argument("--risk-major", type=float, default=0.8)
-    ap.add_argument("--risk-windows", type=int, default=3)
+    ap.add_argument("--risk-major", type=float, default=None, help="default: the calibrated rule")
+    ap.add_argument("--risk-windows", type=int, default=None)
     ap.add_argument("--weights", default="")
     args = ap.parse_args(argv)
     base = ChargeProtocol(
@@ -96,11 +97,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{'in time' if o.in_time else '-'}  {'compact' if o.compact else 'dendritic'}",
             flush=True,
         )
+    cal = calibrated_rule(args.weights)
+    rule_desc = (
+        f"{cal.metric} >= {args.risk_major if args.risk_major is not None else cal.major} for "
+        f"{args.risk_windows if args.risk_windows is not None else cal.min_count} windows"
+    )
     n = len(outs)
     trans = sum(o.open_loop_transition >= 0 for o in outs)
     alarms = sum(o.alarm_frame >= 0 for o in outs)
     print(
-        f"{n} seeds, risk >= {args.risk_major} for {args.risk_windows} windows: "
+        f"{n} seeds, rule {rule_desc}: "
         f"open-loop transitions {trans}/{n}, "
         f"alarms {alarms}/{n}, current lowered before t* {sum(o.in_time for o in outs)}/{trans}, "
         f"stayed compact {sum(o.compact for o in outs)}/{n}"

@@ -23,6 +23,7 @@ import zmq.asyncio
 
 from monitor.aio import sleep_unless
 from monitor.config import PipelineSettings, RuleSettings, SourceSettings
+from monitor.pipelines.early_warning_rule import rule_settings
 from monitor.sim.array10 import encode_array10, series_end, series_start
 from monitor.sim.demo import DemoPart
 from monitor.sim.ports import free_port, open_send_socket
@@ -144,16 +145,7 @@ def demo_part() -> DemoPart:
         name="early_warning", kind="early_warning", streams=(STREAM,), queue_size=32, max_latency_ms=300
     )
     rules = (
-        RuleSettings(
-            name="dendrite_risk",
-            kind="threshold",
-            pipeline="early_warning",
-            metric="risk",
-            major=0.8,
-            hysteresis=0.2,
-            min_count=3,
-            reset_on_series=True,
-        ),
+        *rule_settings("dendrite_risk", "early_warning"),  # the shipped model's calibrated rule
         RuleSettings(name="growth_silent", kind="silence", source="growth", timeout_s=10.0),
     )
 

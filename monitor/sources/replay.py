@@ -199,8 +199,57 @@ def _open(path: str | Path, dataset: str | None = None) -> _Reader:
     return reader
 
 
+GLOB_CHARS = ("*", "?", "[")
+
+
+def is_series_glob(dataset: str | None) -> bool:
+    """A ``dataset`` with glob characters selects many series (one per matching dataset/group)."""
+    return bool(dataset) and any(c in dataset for c in GLOB_CHARS)  # type: ignore[operator]
+
+
+def series_datasets(path: str | Path, pattern: str) -> list[str]:
+    """HDF5 datasets matching ``pattern`` (``fnmatch`` on the full path, e.g. ``/run*/data``), one
+    series each; a matching *group* contributes its image dataset (``/entry/data/data`` if there,
+    else the first one found). Natural order. Raises :class:`SourceError` if none match."""
+    from fnmatch import fnmatchcase
+
+    pat = pattern if pattern.startswith("/") else "/" + pattern
+    found: list[str] = []
+    try:
+        with h5py.File(path, "r") as f:
+
+            def visit(name: str, obj: object) -> None:
+                full = "/" + name
+                if not fnmatchcase(full, pat):
+                    return
+                if isinstance(obj, h5py.Dataset) and obj.ndim >= 2 and obj.dtype.kind in "uifb":
+                    found.append(full)
+                elif isinstance(obj, h5py.Group):
+                    inner: list[str] = []
+                    obj.visititems(
+                        lambda n, o: (
+                            inner.append(f"{full}/{n}")
+                            if isinstance(o, h5py.Dataset) and o.ndim >= 2 and o.dtype.kind in "uifb"
+                            else None
+                        )
+                    )
+                    pref = f"{full}{PREFERRED_DATASET}"
+                    if inner:
+                        found.append(pref if pref in inner else inner[0])
+
+            f.visititems(visit)
+    except OSError as exc:
+        raise SourceError(f"cannot read HDF5 file {path}: {exc}") from exc
+    if not found:
+        raise SourceError(f"{path}: no image dataset or group matches {pattern!r}")
+    return sorted(dict.fromkeys(found), key=natural_key)
+
+
 def count_frames(path: str | Path, dataset: str | None = None) -> int:
-    """Number of frames :func:`iter_frames` yields (raises :class:`SourceError`)."""
+    """Number of frames :func:`iter_frames` yields (raises :class:`SourceError`); with a series
+    glob, over every matching series."""
+    if is_series_glob(dataset):
+        return sum(count_frames(path, d) for d in series_datasets(path, dataset))  # type: ignore[arg-type]
     reader = _open(path, dataset)
     try:
         return len(reader)
@@ -275,7 +324,13 @@ class ReplaySource:
         self.rejected = 0
         self.passes = 0
         self.count = count_frames(self.path, settings.dataset or None)  # fail early: SourceError
-        self.energies = load_energies(self.path, settings.dataset or None, settings.energies, self.count)
+        self.multi = series_datasets(self.path, settings.dataset) if is_series_glob(settings.dataset) else []
+        """Datasets replayed one after the other, each its own series (``dataset`` is a glob)."""
+        self.energies = (
+            None  # several series: each dataset would need its own energies (not read for now)
+            if self.multi
+            else load_energies(self.path, settings.dataset or None, settings.energies, self.count)
+        )
         self._rejections = RateLimitedLog(log, what="rejections")
 
     def upstream_gaps(self) -> int:
@@ -292,30 +347,53 @@ class ReplaySource:
         sent = 0  # frames scheduled since t0 (across passes: the schedule is absolute)
         try:
             while not stop.is_set():
-                reader = await asyncio.to_thread(_open, self.path, self.settings.dataset or None)
-                series = self.series_id(self.passes)
-                try:
-                    await emit(SeriesEvent(self.name, series, "start"))
-                    for i in range(len(reader)):
-                        if stop.is_set():
-                            break
-                        if period:
-                            delay = t0 + sent * period - loop.time()
-                            if delay < -period:  # more than a frame late: rebase instead of bursting
-                                t0 = loop.time() - sent * period
-                            elif delay > 0 and await sleep_unless(stop, delay):
-                                break
-                        sent += 1
-                        await emit(await self._read(reader, i, series))
-                    await emit(SeriesEvent(self.name, series, "end"))
-                finally:
-                    reader.close()
+                for dataset, series in self._series_plan():
+                    if stop.is_set():
+                        break
+                    sent, t0 = await self._replay_one(emit, stop, dataset, series, sent, t0, period)
                 self.passes += 1
                 if not self.settings.loop:
                     break
         finally:
             self._rejections.flush(f"source {self.name!r}")
         log.info("source %r: replayed %d frames in %d passes", self.name, self.frames, self.passes)
+
+    def _series_plan(self) -> list[tuple[str | None, str]]:
+        """(dataset, series id) per series of this pass."""
+        if not self.multi:
+            return [(self.settings.dataset or None, self.series_id(self.passes))]
+        suffix = "" if self.passes == 0 else f"#{self.passes}"
+        return [(d, d.strip("/") + suffix) for d in self.multi]
+
+    async def _replay_one(
+        self,
+        emit: Emit,
+        stop: asyncio.Event,
+        dataset: str | None,
+        series: str,
+        sent: int,
+        t0: float,
+        period: float,
+    ) -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        reader = await asyncio.to_thread(_open, self.path, dataset)
+        try:
+            await emit(SeriesEvent(self.name, series, "start"))
+            for i in range(len(reader)):
+                if stop.is_set():
+                    break
+                if period:
+                    delay = t0 + sent * period - loop.time()
+                    if delay < -period:  # more than a frame late: rebase instead of bursting
+                        t0 = loop.time() - sent * period
+                    elif delay > 0 and await sleep_unless(stop, delay):
+                        break
+                sent += 1
+                await emit(await self._read(reader, i, series))
+            await emit(SeriesEvent(self.name, series, "end"))
+        finally:
+            reader.close()
+        return sent, t0
 
     async def _read(self, reader: _Reader, i: int, series: str) -> Frame | Rejection:
         try:

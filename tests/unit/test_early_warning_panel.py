@@ -39,3 +39,27 @@ def test_status_while_the_window_fills() -> None:
     panel.update(0.0)
     assert "filling window (25%)" in panel.status.text
     assert timeline([])["t"] == []
+
+
+def test_forecast_text_never_prints_tiny_floats() -> None:
+    from dashboards.panels.early_warning import frames_text
+
+    assert frames_text(8.167e-05, 0.0, 0.0) == "now (already transitioning)"
+    assert frames_text(12.4, 5.0, 20.0) == "12 (5–20)"
+    assert frames_text(12.4, 5.0, 28.0) == "12 (5–> 28)"
+    assert frames_text(27.9, 20.0, 28.0) == "> 28"
+    assert frames_text(math.nan, math.nan, math.nan) == "–"
+
+
+def test_thresholds_and_ood_flag_come_from_the_configuration_and_results() -> None:
+    live = LiveState()
+    live.thresholds = (("other", "risk", 0.1, 0.0, 1), ("ew", "alarm_risk", 0.42, 0.1, 2))
+    panel = EarlyWarningPanel("ew", live)
+    assert (panel.major, panel.min_count) == (0.42, 2) and abs(panel.clear - 0.32) < 1e-9
+    assert "0.42 for 2" in panel.risk.title.text
+    scalars = (("risk", 0.9), ("lead_time_frames", 3.2), ("lead_time_lo", 1.0), ("lead_time_hi", 7.0),
+               ("ood", 1.0), ("window_fill", 1.0))  # fmt: skip
+    live.publish_points([LivePoint("ew", "g", "s", 0, 0.0, scalars)])
+    panel.update(0.0)
+    assert "OUT OF DISTRIBUTION" in panel.status.text and "3 (1–7)" in panel.status.text
+    assert panel.series.data["lead_hi"] == [7.0]
