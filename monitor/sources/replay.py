@@ -275,6 +275,10 @@ def load_energies(path: str | Path, dataset: str | None, energies_file: str, cou
     """Per-frame energies (eV) for a replay: from ``energies_file`` (text, one value per frame),
     else from the HDF5 dataset's ``energy_eV`` attribute; None when neither exists. A length
     other than ``count`` is a :class:`SourceError`."""
+    if is_series_glob(dataset):  # several series: one energies list would not fit them all
+        if energies_file:
+            raise SourceError(f"energies file {energies_file}: not supported with a series glob ({dataset})")
+        return None
     values: np.ndarray | None = None
     where = ""
     if energies_file:
