@@ -32,6 +32,7 @@ import monitor
 from monitor.aio import sleep_unless
 from monitor.alerts.manager import AlarmManager
 from monitor.alerts.model import FrameRef
+from monitor.alerts.ood import OodAlarms
 from monitor.alerts.rules import SilenceRule, ThresholdRule, Verdict
 from monitor.alerts.sinks import CallbackSink, JournalSink, LiveSink, ZmqPubSink
 from monitor.config import MonitorConfig, SourceSettings
@@ -166,6 +167,7 @@ class Daemon:
             for s in cfg.pipelines
         ]
         self.router = Router(self.workers, self.telemetry, self._on_disposition)
+        self._ood_alarms = OodAlarms(self.pipelines)
         self._source_tasks: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._worker_tasks: list[asyncio.Task[None]] = []
@@ -192,12 +194,17 @@ class Daemon:
         self.recorder.add_results(pipeline.name, results)
         if self.alarms is None:
             return
+        for r in results:
+            ood = self._ood_alarms.verdict(pipeline.name, r)
+            if ood is not None:
+                f = r.frame
+                self.alarms.apply(ood, FrameRef(f.source, f.stream, f.series, f.index, f.seq))
         for rule in self._threshold_rules:
             if rule.pipeline != pipeline.name:
                 continue
             for r in results:
                 value = r.scalars.get(rule.metric)
-                if value is None:
+                if value is None or self._ood_alarms.suppressed(pipeline.name, r, rule.metric):
                     continue
                 verdict = rule.evaluate(r.frame.stream, float(value), r.frame.series)
                 if verdict is not None:
