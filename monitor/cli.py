@@ -206,6 +206,17 @@ def cmd_export_triton(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_segmentation_finetune_args(t: argparse.ArgumentParser) -> None:
+    """``finetune segmentation`` options (labels people have, reproducible training, method)."""
+    t.add_argument("--method", default="auto", choices=["auto", "network", "forest"], help="segmentation")
+    t.add_argument("--model", default=None, help="segmentation: shipped model to fine-tune (network)")
+    t.add_argument("--name", default=None, help="segmentation: name of the new model (xct_finetuned)")
+    t.add_argument("--class-map", default=None, help="segmentation: mask VALUE=CLASS[,...], e.g. 255=electrode")
+    t.add_argument("--ignore", type=int, default=None, help="segmentation: mask value of unlabelled pixels")
+    t.add_argument("--steps", type=int, default=None, help="segmentation: network training steps (600)")
+    t.add_argument("--max-minutes", type=float, default=None, help="segmentation: wall-clock cap (network)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="operando-monitor", description=__doc__)
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
@@ -310,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--weights", default=None, help="starting weights directory (finetune)")
         t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         t.add_argument("--no-progress", action="store_true")
+        if name == "finetune":
+            add_segmentation_finetune_args(t)
         t.set_defaults(fn=fn)
 
     et = sub.add_parser("export-triton", help="write a Triton model repository for the shipped models")
