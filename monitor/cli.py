@@ -112,6 +112,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        model=args.model or "",
+        weights_dir=args.weights_dir or "",
     )
     print(summary)
     return 0
@@ -211,7 +213,9 @@ def add_segmentation_finetune_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--method", default="auto", choices=["auto", "network", "forest"], help="segmentation")
     t.add_argument("--model", default=None, help="segmentation: shipped model to fine-tune (network)")
     t.add_argument("--name", default=None, help="segmentation: name of the new model (xct_finetuned)")
-    t.add_argument("--class-map", default=None, help="segmentation: mask VALUE=CLASS[,...], e.g. 255=electrode")
+    t.add_argument(
+        "--class-map", default=None, help="segmentation: mask VALUE=CLASS[,...], e.g. 255=electrode"
+    )
     t.add_argument("--ignore", type=int, default=None, help="segmentation: mask value of unlabelled pixels")
     t.add_argument("--steps", type=int, default=None, help="segmentation: network training steps (600)")
     t.add_argument("--max-minutes", type=float, default=None, help="segmentation: wall-clock cap (network)")
@@ -252,7 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--dataset", default=None, help="HDF5 dataset path (default: auto-detect)")
     rp.add_argument("--overwrite", action="store_true")
     rp.add_argument("--no-progress", action="store_true")
+    rp.add_argument("--weights-dir", default=None, help="model directory for model pipelines")
+    rp.add_argument("--model", default=None, help="model name for model pipelines (default: the pipeline's)")
     rp.set_defaults(fn=cmd_replay)
+
+    from monitor.segment_cli import add_parser as add_segment_parser
+
+    add_segment_parser(sub)
 
     d = sub.add_parser("demo", help="simulator + daemon + dashboard on this machine")
     d.add_argument("--duration", type=float, default=None, help="exit cleanly after S seconds")

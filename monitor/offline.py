@@ -35,12 +35,18 @@ class ReplaySummary:
         )
 
 
-def replay_config(inp: Path, pipeline: str, out: Path, dataset: str | None) -> MonitorConfig:
+def replay_config(
+    inp: Path, pipeline: str, out: Path, dataset: str | None, model: str = "", weights_dir: str = ""
+) -> MonitorConfig:
     return MonitorConfig(
         run=out.stem,
         sources=(SourceSettings(name="replay", kind="replay", path=str(inp), dataset=dataset or ""),),
         # "block": offline nothing is skipped, the reader waits for the pipeline.
-        pipelines=(PipelineSettings(name=pipeline, kind=pipeline, policy="block"),),  # type: ignore[arg-type]
+        pipelines=(
+            PipelineSettings(
+                name=pipeline, kind=pipeline, policy="block", model=model, weights_dir=weights_dir
+            ),  # type: ignore[arg-type]
+        ),
         store=StoreSettings(directory=str(out.parent), filename=out.name),
         dashboard=DashboardSettings(enabled=False),
     )
@@ -88,6 +94,8 @@ def replay_file(
     dataset: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    model: str = "",
+    weights_dir: str = "",
 ) -> ReplaySummary:
     from monitor.sources.replay import count_frames
 
@@ -99,5 +107,7 @@ def replay_file(
         out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
     total = count_frames(inp, dataset)
-    cfg = replay_config(inp, pipeline, out, dataset)
+    if weights_dir and not Path(weights_dir).is_dir():
+        raise MonitorError(f"--weights-dir {weights_dir}: not a directory")
+    cfg = replay_config(inp, pipeline, out, dataset, model, weights_dir)
     return asyncio.run(_replay(cfg, out, total, progress))
