@@ -217,7 +217,7 @@ def add_segmentation_finetune_args(t: argparse.ArgumentParser) -> None:
         "--class-map", default=None, help="segmentation: mask VALUE=CLASS[,...], e.g. 255=electrode"
     )
     t.add_argument("--ignore", type=int, default=None, help="segmentation: mask value of unlabelled pixels")
-    t.add_argument("--steps", type=int, default=None, help="segmentation: network training steps (600)")
+    t.add_argument("--steps", type=int, default=None, help="segmentation: network training steps (500)")
     t.add_argument("--max-minutes", type=float, default=None, help="segmentation: wall-clock cap (network)")
 
 

@@ -28,7 +28,10 @@ from engines.tiling import TileSpec
 log = logging.getLogger("engines.train.forest")
 
 SIGMAS = (1.0, 2.0, 4.0, 8.0, 16.0)
-FEATURES = ("intensity", *(f"{k}_s{s:g}" for s in SIGMAS for k in ("gauss", "gradient", "hess_hi", "hess_lo")))
+FEATURES = (
+    "intensity",
+    *(f"{k}_s{s:g}" for s in SIGMAS for k in ("gauss", "gradient", "hess_hi", "hess_lo")),
+)
 OPSET = 17
 ML_OPSET = 3
 RADIUS = int(3 * max(SIGMAS))
@@ -117,7 +120,11 @@ def feature_model() -> onnx.ModelProto:
         nodes,
         "forest_features",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, "height", "width"])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", len(FEATURES), "height", "width"])],
+        [
+            helper.make_tensor_value_info(
+                "features", TensorProto.FLOAT, ["batch", len(FEATURES), "height", "width"]
+            )
+        ],
         inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
@@ -140,7 +147,9 @@ class FeatureExtractor:
         return self.session.run(None, {"image": np.ascontiguousarray(x[None, None], np.float32)})[0][0]
 
 
-def sample_pixels(labels: Sequence[np.ndarray], n_classes: int, max_pixels: int, seed: int) -> list[np.ndarray]:
+def sample_pixels(
+    labels: Sequence[np.ndarray], n_classes: int, max_pixels: int, seed: int
+) -> list[np.ndarray]:
     """Per slice, flat indices of labelled pixels (ids < n_classes) to train on (class-balanced,
     seeded); other values (the ignore label) are never sampled."""
     rng = np.random.default_rng(seed)

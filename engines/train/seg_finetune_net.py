@@ -163,8 +163,12 @@ class LabelledPatches:
             h, w = lab.shape
             if self.rng.random() < 0.8:
                 y, x = divmod(int(where[int(self.rng.integers(where.size))]), w)
-                y = int(np.clip(y - PATCH // 2 + self.rng.integers(-PATCH // 3, PATCH // 3 + 1), 0, h - PATCH))
-                x = int(np.clip(x - PATCH // 2 + self.rng.integers(-PATCH // 3, PATCH // 3 + 1), 0, w - PATCH))
+                y = int(
+                    np.clip(y - PATCH // 2 + self.rng.integers(-PATCH // 3, PATCH // 3 + 1), 0, h - PATCH)
+                )
+                x = int(
+                    np.clip(x - PATCH // 2 + self.rng.integers(-PATCH // 3, PATCH // 3 + 1), 0, w - PATCH)
+                )
             else:
                 y, x = int(self.rng.integers(0, h - PATCH + 1)), int(self.rng.integers(0, w - PATCH + 1))
             a, b = img[y : y + PATCH, x : x + PATCH], lab[y : y + PATCH, x : x + PATCH]
@@ -176,7 +180,9 @@ class LabelledPatches:
         return xb, yb
 
 
-def torch_probs(net: torch.nn.Module, probs_out: bool, manifest: Manifest) -> Callable[[np.ndarray], np.ndarray]:
+def torch_probs(
+    net: torch.nn.Module, probs_out: bool, manifest: Manifest
+) -> Callable[[np.ndarray], np.ndarray]:
     def predict(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             out = net(torch.from_numpy(np.ascontiguousarray(batch)))
@@ -231,7 +237,7 @@ def train_network(
             m = evaluate_slices(torch_probs(net, probs_out, manifest), split.val)["mIoU"]
             hist.val_step.append(step)
             hist.val_miou.append(m)
-            log.info("network step %d/%d: loss %.4f, val mIoU %.4f", step, steps, float(loss), m)
+            log.info("network step %d/%d: loss %.4f, val mIoU %.4f", step, steps, float(loss.detach()), m)
             if m > best[0]:
                 best = (m, {k: v.detach().clone() for k, v in net.state_dict().items()})
         if timed_out:

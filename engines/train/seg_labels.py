@@ -95,7 +95,9 @@ def _mask_2d(a: np.ndarray, path: Path) -> np.ndarray:
     return a
 
 
-def map_mask(mask: np.ndarray, path: str, n_classes: int, class_map: dict[int, int] | None, ignore: int | None):
+def map_mask(
+    mask: np.ndarray, path: str, n_classes: int, class_map: dict[int, int] | None, ignore: int | None
+):
     """Class ids (uint8, :data:`IGNORE` for ``ignore``) or one FinetuneDataError line."""
     values = np.unique(mask)
     if mask.dtype.kind == "f" and not np.all(values == np.round(values)):
@@ -182,7 +184,9 @@ def load_labelled(
             mname = str(mp)
         im, mk = (im[None] if im.ndim == 2 else im), (mk[None] if mk.ndim == 2 else mk)
         if im.shape != mk.shape:
-            raise FinetuneDataError(f"{mname}: mask shape {mk.shape[1:]} differs from image {ip.name} {im.shape[1:]}")
+            raise FinetuneDataError(
+                f"{mname}: mask shape {mk.shape[1:]} differs from image {ip.name} {im.shape[1:]}"
+            )
         if min(im.shape[1:]) < min_side:
             raise FinetuneDataError(f"{ip}: slices must be at least {min_side} px a side, got {im.shape[1:]}")
         mapped = map_mask(mk, mname, n_classes, class_map, ignore)

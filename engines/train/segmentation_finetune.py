@@ -35,8 +35,15 @@ from engines.registry import TensorSpec, load_manifest, save_model
 from engines.runtime import create_runner
 from engines.seg_ood import fit_segmentation_stats
 from engines.synth.xct import CLASSES
-from engines.train.forest import FEATURES, FOREST_TILE, ForestConfig, FeatureExtractor
-from engines.train.forest import export_forest_onnx, forest_probs, train_forest
+from engines.train.forest import (
+    FEATURES,
+    FOREST_TILE,
+    FeatureExtractor,
+    ForestConfig,
+    export_forest_onnx,
+    forest_probs,
+    train_forest,
+)
 from engines.train.seg_finetune_net import (
     evaluate_slices,
     load_network,
@@ -75,7 +82,14 @@ def _ood_rows(slices: list[LabelledSlice]) -> list[np.ndarray]:
 
 
 def _save(
-    onnx_file: Path, out: Path, name: str, version: str, extra: dict, training: dict, metrics: dict, **torch_kw
+    onnx_file: Path,
+    out: Path,
+    name: str,
+    version: str,
+    extra: dict,
+    training: dict,
+    metrics: dict,
+    **torch_kw,
 ) -> None:
     fully = bool(extra.get("fully_convolutional"))
     in_shape: tuple[int | str, ...] = ("batch", 1, "height", "width") if fully else ("batch", 1, 128, 128)
@@ -104,10 +118,10 @@ def finetune(
     weights: Path | None = None,
     class_map: str | None = None,
     ignore: int | None = None,
-    steps: int = 600,
+    steps: int = 500,
     max_minutes: float | None = None,
     seed: int = 0,
-    threads: int = 2,
+    threads: int = 1,
     name: str = DEFAULT_NAME,
     forest: ForestConfig | None = None,
 ) -> dict[str, object]:
@@ -137,7 +151,9 @@ def finetune(
     if method in ("auto", "forest"):
         fe = FeatureExtractor(threads)
         t0 = time.monotonic()
-        clf = train_forest([fe(s.image) for s in split.train], [s.mask for s in split.train], len(CLASSES), fcfg)
+        clf = train_forest(
+            [fe(s.image) for s in split.train], [s.mask for s in split.train], len(CLASSES), fcfg
+        )
         val = evaluate_slices(lambda x: forest_probs(clf, fe(x), len(CLASSES)), split.val)
         scores["forest"] = {"val": val, "seconds": round(time.monotonic() - t0, 1)}
     chosen = method if method != "auto" else max(scores, key=lambda k: scores[k]["val"]["mIoU"])
@@ -161,7 +177,7 @@ def finetune(
             "slices": [s.source for s in slices],
             "class_map": class_map or "mask values are class ids",
             "ignore": ignore,
-            "kind": "user-labelled slices (not synthetic)",
+            "kind": "user-labelled slices",
         },
         "split": split.how,
     }
@@ -177,8 +193,8 @@ def finetune(
             extra: dict[str, object] = {
                 "kind": "forest",
                 "classes": list(CLASSES),
-                "tile": {"tile": FOREST_TILE.tile, "overlap": FOREST_TILE.overlap, "margin": FOREST_TILE.margin,
-                         "batch": FOREST_TILE.batch},
+                "tile": {"tile": FOREST_TILE.tile, "overlap": FOREST_TILE.overlap,
+                         "margin": FOREST_TILE.margin, "batch": FOREST_TILE.batch},
                 "fully_convolutional": True,
                 "multiple": 1,
                 "forest": {"features": list(FEATURES), "n_estimators": fcfg.n_estimators,
@@ -204,7 +220,7 @@ def finetune(
             extra["kind"] = "network"
             training.update(steps=hist.steps, seconds=round(hist.seconds, 1), max_minutes=max_minutes,
                             stopped_by_time=hist.stopped_by_time, val_mIoU_curve=hist.val_miou,
-                            finetuned_from=f"{base.name} {base.version} sha256 {base.sha256[:12]}")  # fmt: skip
+                            finetuned_from=f"{base.name} {base.version} {base.sha256[:12]}")  # fmt: skip
             torch_kw = {"torch_module": wrapped, "torch_factory": str(info["factory"]),
                         "torch_kwargs": dict(info["kwargs"])}  # fmt: skip
         extra["held_out"] = split.how
@@ -214,7 +230,11 @@ def finetune(
         probs_of = manifest_probs(m, lambda b: runner.infer({"image": b})["probs"])
         test = evaluate_slices(probs_of, split.test)
         stats = fit_segmentation_stats(
-            _ood_rows(slices), probs_of, CLASSES, f"{len(slices)} labelled slices in {data}", min_threshold=4.0
+            _ood_rows(slices),
+            probs_of,
+            CLASSES,
+            f"{len(slices)} labelled slices in {data}",
+            min_threshold=4.0,
         )
     extra = dict(m.extra)
     extra["ood"] = stats.to_json()
@@ -232,12 +252,16 @@ def finetune(
 
 def finetune_cli(args: argparse.Namespace) -> int:
     if not args.data:
-        raise SystemExit("finetune segmentation needs --data DIR (image/mask pairs; see docs/segmentation.md)")
+        raise SystemExit(
+            "finetune segmentation needs --data DIR (image/mask pairs; see docs/segmentation.md)"
+        )
     max_minutes = getattr(args, "max_minutes", None)
     if args.epochs:
-        log.warning("--epochs is deprecated for segmentation: read as --max-minutes %d (use --steps)", args.epochs)
+        log.warning(
+            "--epochs is deprecated for segmentation: read as --max-minutes %d (use --steps)", args.epochs
+        )
         max_minutes = float(args.epochs)
-    steps = args.steps or 600
+    steps = args.steps or 500
     forest = None
     if args.quick:
         steps = 3
@@ -255,7 +279,7 @@ def finetune_cli(args: argparse.Namespace) -> int:
             steps=steps,
             max_minutes=max_minutes,
             seed=args.seed,
-            threads=args.threads or 2,
+            threads=args.threads or 1,
             name=args.name or DEFAULT_NAME,
             forest=forest,
         )
@@ -265,9 +289,10 @@ def finetune_cli(args: argparse.Namespace) -> int:
     val = summary["validation"]
     assert isinstance(val, dict)
     for k, v in val.items():
-        print(f"{k:8s} validation mIoU {v['mIoU']:.4f}  {json.dumps({a: b for a, b in v.items() if a != 'pixels'})}")
+        per_class = json.dumps({a: b for a, b in v.items() if a != "pixels"})
+        print(f"{k:8s} validation mIoU {v['mIoU']:.4f}  {per_class}")
     print(f"shipped: {summary['method']}  test {json.dumps(summary['test'])}")
     print(f"split: {summary['split']}")
     print(f"wrote {out}/{summary['name']}.onnx + .json (version {summary['version']}); use it with")
-    print(f"  model = \"{summary['name']}\"  weights_dir = \"{out}\"   (config), or --weights-dir/--model")
+    print(f'  model = "{summary["name"]}"  weights_dir = "{out}"   (config), or --weights-dir/--model')
     return 0
