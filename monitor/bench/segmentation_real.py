@@ -252,7 +252,8 @@ def run_case(case: Case, root: Path, n_train: int, n_test: int, seed: int, steps
     out["baseline_rf_multiscale_basic_features"] = {
         "train_seconds": round(secs, 1),
         **_scores(bp, gts, fg_id),
-        "config": "RandomForestClassifier(100 trees, max_depth 16) on multiscale_basic_features(sigma 1..16), "
+        "config": "RandomForestClassifier(100 trees, max_depth 16) on multiscale_basic_features"
+        "(sigma 1..16), "
         "200k sampled labelled pixels",
     }
     return out
