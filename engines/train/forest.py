@@ -153,7 +153,8 @@ def sample_pixels(
     """Per slice, flat indices of labelled pixels (ids < n_classes) to train on (class-balanced,
     seeded); other values (the ignore label) are never sampled."""
     rng = np.random.default_rng(seed)
-    per_class = max(1, max_pixels // n_classes)
+    present = sum(1 for c in range(n_classes) if any(np.any(lab == c) for lab in labels))
+    per_class = max(1, max_pixels // max(present, 1))
     chosen: list[list[np.ndarray]] = [[] for _ in labels]
     for c in range(n_classes):
         where = [np.flatnonzero(lab.ravel() == c) for lab in labels]
