@@ -35,7 +35,7 @@ FEATURES = (
 OPSET = 17
 ML_OPSET = 3
 RADIUS = int(3 * max(SIGMAS))
-FOREST_TILE = TileSpec(tile=512, overlap=2 * RADIUS, margin=RADIUS, batch=2)
+FOREST_TILE = TileSpec(tile=1024, overlap=2 * RADIUS, margin=RADIUS, batch=1)
 """Margin = the receptive-field radius: tiled output equals whole-slice output exactly."""
 
 

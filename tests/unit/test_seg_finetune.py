@@ -100,7 +100,7 @@ def test_forest_onnx_equals_sklearn_and_tiles_equal_whole(tmp_path: Path) -> Non
     )
     path = export_forest_onnx(clf, len(CLASSES), tmp_path / "f.onnx")
     assert check_export(path, clf, x, len(CLASSES)) < 1e-5
-    big, _ = make_slice((700, 620), 22)
+    big, _ = make_slice((1100, 1080), 22)
     xb = normalise_slice(big)
     with create_runner(path, "onnxruntime", threads=2) as r:
 
@@ -109,7 +109,7 @@ def test_forest_onnx_equals_sklearn_and_tiles_equal_whole(tmp_path: Path) -> Non
 
         whole = full_predict(xb, pred, 1)
         tiled = tiled_predict(xb, pred, FOREST_TILE)
-    assert whole.shape == (5, 700, 620) and np.abs(whole - tiled).max() < 1e-4
+    assert whole.shape == (5, 1100, 1080) and np.abs(whole - tiled).max() < 1e-4
 
 
 @pytest.mark.timeout(600)
