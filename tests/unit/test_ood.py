@@ -14,6 +14,7 @@ from monitor.alerts.ood import OodAlarms
 from monitor.alerts.rules import ThresholdRule
 from monitor.config import PipelineSettings, RuleSettings
 from monitor.frames import Frame, FrameMeta
+from monitor.pipelines.base import Result
 from monitor.pipelines.segmentation import SegmentationPipeline
 from monitor.sim.xct_stream import xct_slices
 
@@ -106,3 +107,31 @@ def test_no_major_while_out_of_distribution(pipeline: SegmentationPipeline) -> N
     assert [(v.alarm_id, v.severity) for v in verdicts] == [("segmentation_ood:xct", Severity.MINOR)]
     # Without the guard the same values would raise a MAJOR.
     assert rule.evaluate("xct", 1.0, "foreign2").severity == Severity.MAJOR  # type: ignore[union-attr]
+
+
+def test_gate_clears_and_can_be_switched_off() -> None:
+    class Guarded:
+        name = "seg"
+        ood_gated = frozenset({"penetration"})
+
+    gate = OodAlarms([Guarded()])
+
+    def result(ood: float) -> Result:
+        f = Frame("xct", "s", "run", 0, np.zeros((4, 4)), 0.0, 0.0, FrameMeta())
+        return Result("seg", f, {"ood": ood, "ood_score": 9.0 if ood else 1.0, "penetration": 1.0})
+
+    v = gate.verdict("seg", result(1.0))
+    assert (
+        v is not None and v.severity == Severity.MINOR and gate.suppressed("seg", result(1.0), "penetration")
+    )
+    assert not gate.suppressed("seg", result(1.0), "thickness_px")
+    assert gate.verdict("seg", result(1.0)) is None  # raised once
+    v = gate.verdict("seg", result(0.0))
+    assert v is not None and v.severity == Severity.NO_ALARM
+    assert not gate.suppressed("seg", result(0.0), "penetration")
+    Guarded.ood_gated = frozenset()  # ood_suppress = false: the MINOR only
+    gate = OodAlarms([Guarded()])
+    assert gate.verdict("seg", result(1.0)) is not None and not gate.suppressed(
+        "seg", result(1.0), "penetration"
+    )
+    assert OodAlarms([]).verdict("seg", result(1.0)) is None  # pipelines without a guard: untouched
