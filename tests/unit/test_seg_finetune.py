@@ -140,3 +140,28 @@ def test_finetune_auto_writes_manifest_with_provenance(tmp_path: Path) -> None:
         forest=ForestConfig(n_estimators=6, max_depth=8, max_pixels=6000, seed=1),
     )  # fmt: skip
     assert s3["test"] == s2["test"]  # seeded: the same run twice gives the same model
+
+
+def test_replay_and_segment_cli_take_a_finetuned_model(tmp_path: Path) -> None:
+    from monitor.cli import build_parser
+    from monitor.offline import replay_config
+
+    cfg = replay_config(tmp_path / "in.tif", "segmentation", tmp_path / "o.h5", None, "xct_finetuned", "W")
+    assert (cfg.pipelines[0].model, cfg.pipelines[0].weights_dir) == ("xct_finetuned", "W")
+    a = build_parser().parse_args(
+        ["segment", "x.tif", "--weights-dir", "W", "--model", "m", "--out", "o.tif"]
+    )
+    assert (a.weights_dir, a.model, a.out) == ("W", "m", "o.tif")
+    a = build_parser().parse_args(["replay", "x.tif", "--pipeline", "segmentation", "--out", "o.h5",
+                                   "--weights-dir", "W"])  # fmt: skip
+    assert a.weights_dir == "W" and a.model is None
+
+
+def test_segment_cli_writes_full_resolution_mask(tmp_path: Path) -> None:
+    from monitor.cli import main
+
+    img, _ = make_slice((150, 210), 77)
+    tifffile.imwrite(tmp_path / "s.tif", (img * 1000 + 500).astype(np.uint16))
+    assert main(["segment", str(tmp_path / "s.tif"), "--out", str(tmp_path / "m.tif")]) == 0
+    m = tifffile.imread(tmp_path / "m.tif")
+    assert m.shape == (150, 210) and m.dtype == np.uint8 and m.max() < 5
