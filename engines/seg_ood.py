@@ -73,13 +73,26 @@ def fit_segmentation_stats(
     classes: tuple[str, ...],
     source: str,
     min_threshold: float = 2.0,
+    quadrants: bool = False,
 ) -> OodStats:
-    """Statistics from normalised training slices; ``predict(x) -> (C, H, W)`` probabilities."""
+    """Statistics from normalised training slices; ``predict(x) -> (C, H, W)`` probabilities.
+    With ``quadrants`` each slice's four quadrants are rows too (one prediction per slice)."""
     rows = []
     for x in images:
         probs = predict(x)
-        lab = probs.argmax(0).astype(np.uint8)
-        rows.append(slice_features(x, lab, float(probs.max(0).mean()), len(classes)))
+        h, w = x.shape
+        views = [(slice(None), slice(None))]
+        if quadrants and min(h, w) >= 128:  # more rows from a few slices: their quadrants too
+            views += [
+                (ys, xs)
+                for ys in (slice(0, h // 2), slice(h // 2, h))
+                for xs in (slice(0, w // 2), slice(w // 2, w))
+            ]
+        for ys, xs in views:
+            p, xv = probs[:, ys, xs], x[ys, xs]
+            rows.append(
+                slice_features(xv, p.argmax(0).astype(np.uint8), float(p.max(0).mean()), len(classes))
+            )
     return fit_stats(
         np.array(rows),
         feature_names(classes),

@@ -54,7 +54,6 @@ from engines.train.seg_finetune_net import (
 )
 from engines.train.seg_labels import (
     FinetuneDataError,
-    LabelledSlice,
     data_digest,
     load_labelled,
     parse_class_map,
@@ -67,18 +66,6 @@ DEFAULT_OUT = Path("runs") / "finetune" / "segmentation"
 DEFAULT_NAME = "xct_finetuned"
 METHODS = ("auto", "network", "forest")
 __all__ = ["FinetuneDataError", "finetune", "finetune_cli", "load_labelled"]
-
-
-def _ood_rows(slices: list[LabelledSlice]) -> list[np.ndarray]:
-    """Whole slices and their four quadrants: more rows for the statistics of a few slices."""
-    out = []
-    for s in slices:
-        h, w = s.image.shape
-        out.append(s.image)
-        if min(h, w) >= 128:
-            out += [s.image[: h // 2, : w // 2], s.image[: h // 2, w // 2 :]]
-            out += [s.image[h // 2 :, : w // 2], s.image[h // 2 :, w // 2 :]]
-    return out
 
 
 def _save(
@@ -230,10 +217,11 @@ def finetune(
         probs_of = manifest_probs(m, lambda b: runner.infer({"image": b})["probs"])
         test = evaluate_slices(probs_of, split.test)
         stats = fit_segmentation_stats(
-            _ood_rows(slices),
+            [s.image for s in slices],
             probs_of,
             CLASSES,
-            f"{len(slices)} labelled slices in {data}",
+            f"{len(slices)} labelled slices in {data} (and their quadrants)",
+            quadrants=True,
             min_threshold=4.0,
         )
     extra = dict(m.extra)
