@@ -51,8 +51,9 @@ class ForestConfig:
 
 
 def _kernels(sigma: float) -> np.ndarray:
-    """(3, 2r+1): Gaussian, first and second derivative of Gaussian (radius 3σ_max)."""
-    x = np.arange(-RADIUS, RADIUS + 1, dtype=np.float64)
+    """(3, 2r+1), r = ceil(3σ): Gaussian, first and second derivative of Gaussian."""
+    r = int(np.ceil(3 * sigma))
+    x = np.arange(-r, r + 1, dtype=np.float64)
     g = np.exp(-0.5 * (x / sigma) ** 2)
     g /= g.sum()
     d1 = -x / sigma**2 * g
@@ -61,37 +62,40 @@ def _kernels(sigma: float) -> np.ndarray:
     return np.stack([g, d1, d2]).astype(np.float32)
 
 
+# Per sigma the x pass makes (g, g, g, d1, d1, d2) and the depthwise y pass applies
+# (g, d1, d2, g, d1, g): G, Gy, Gyy, Gx, Gxy, Gxx — separable, each output from one input.
+X_KERNELS = (0, 0, 0, 1, 1, 2)
+Y_KERNELS = (0, 1, 2, 0, 1, 0)
+
+
 def feature_graph_nodes(inp: str, out: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Nodes computing ``out`` (B, F, H, W) from ``inp`` (B, 1, H, W)."""
-    k = 2 * RADIUS + 1
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
-    pads = numpy_helper.from_array(np.array([0, 0, RADIUS, RADIUS, 0, 0, RADIUS, RADIUS], np.int64), "fpads")
-    inits.append(pads)
-    nodes.append(helper.make_node("Pad", [inp, "fpads"], ["fpadded"], mode="edge"))
-    # x-convolution: 3 channels per sigma (g, d1, d2 along x).
-    wx = np.zeros((3 * len(SIGMAS), 1, 1, k), np.float32)
-    # y-convolution (grouped per sigma): 6 outputs from (gx, d1x, d2x):
-    # G = g_y*g_x, Gx = g_y*d1_x, Gy = d1_y*g_x, Gxx = g_y*d2_x, Gyy = d2_y*g_x, Gxy = d1_y*d1_x
-    wy = np.zeros((6 * len(SIGMAS), 3, k, 1), np.float32)
-    combos = ((0, 0), (0, 1), (1, 0), (0, 2), (2, 0), (1, 1))  # (y kernel, x channel)
-    for i, s in enumerate(SIGMAS):
-        ker = _kernels(s)
-        wx[3 * i : 3 * i + 3, 0, 0, :] = ker
-        for j, (ky, cx) in enumerate(combos):
-            wy[6 * i + j, cx, :, 0] = ker[ky]
-    inits += [numpy_helper.from_array(wx, "fwx"), numpy_helper.from_array(wy, "fwy")]
-    nodes.append(helper.make_node("Conv", ["fpadded", "fwx"], ["fcx"], pads=[0, 0, 0, 0]))
-    nodes.append(helper.make_node("Conv", ["fcx", "fwy"], ["fcy"], group=len(SIGMAS), pads=[0, 0, 0, 0]))
-    # fcy: (B, 6·S, H, W); per sigma split into 6 maps.
-    split_names = [f"f{i}_{j}" for i in range(len(SIGMAS)) for j in range(6)]
-    inits.append(numpy_helper.from_array(np.ones(6 * len(SIGMAS), np.int64), "fsplit"))
-    nodes.append(helper.make_node("Split", ["fcy", "fsplit"], split_names, axis=1))
+    inits.append(numpy_helper.from_array(np.ones(6, np.int64), "fsplit"))
+    for i, sigma in enumerate(SIGMAS):
+        ker = _kernels(sigma)
+        k = ker.shape[1]
+        r = k // 2
+        wx = np.stack([ker[c] for c in X_KERNELS])[:, None, None, :]  # (6, 1, 1, k)
+        wy = np.stack([ker[c] for c in Y_KERNELS])[:, None, :, None]  # (6, 1, k, 1), depthwise
+        pads = np.array([0, 0, r, r, 0, 0, r, r], np.int64)
+        inits += [
+            numpy_helper.from_array(pads, f"fpads{i}"),
+            numpy_helper.from_array(wx.astype(np.float32), f"fwx{i}"),
+            numpy_helper.from_array(wy.astype(np.float32), f"fwy{i}"),
+        ]
+        nodes += [
+            helper.make_node("Pad", [inp, f"fpads{i}"], [f"fpad{i}"], mode="edge"),
+            helper.make_node("Conv", [f"fpad{i}", f"fwx{i}"], [f"fcx{i}"]),
+            helper.make_node("Conv", [f"fcx{i}", f"fwy{i}"], [f"fcy{i}"], group=6),
+            helper.make_node("Split", [f"fcy{i}", "fsplit"], [f"f{i}_{j}" for j in range(6)], axis=1),
+        ]
     feats = [inp]
     half = numpy_helper.from_array(np.array(0.5, np.float32), "fhalf")
     inits.append(half)
     for i in range(len(SIGMAS)):
-        g, gx, gy, gxx, gyy, gxy = (f"f{i}_{j}" for j in range(6))
+        g, gy, gyy, gx, gxy, gxx = (f"f{i}_{j}" for j in range(6))
         p = f"s{i}_"
         nodes += [
             helper.make_node("Mul", [gx, gx], [p + "gx2"]),

@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     load0 = os.getloadavg()[0]
     results = {}
-    for case in (c for c in CASES if c.name in args.cases):
+    by_name = {c.name: c for c in CASES}
+    for case in (by_name[n] for n in args.cases):
         for seed in args.seeds:
             results[f"{case.name}/seed{seed}"] = run_case(
                 case, Path(args.root), args.train, args.test, seed, args.steps

@@ -165,3 +165,20 @@ def test_segment_cli_writes_full_resolution_mask(tmp_path: Path) -> None:
     assert main(["segment", str(tmp_path / "s.tif"), "--out", str(tmp_path / "m.tif")]) == 0
     m = tifffile.imread(tmp_path / "m.tif")
     assert m.shape == (150, 210) and m.dtype == np.uint8 and m.max() < 5
+
+
+def test_forest_features_are_gaussian_derivatives() -> None:
+    from scipy import ndimage
+
+    from engines.train.forest import FEATURES
+
+    x = normalise_slice(make_slice((160, 180), 41)[0])
+    f = FeatureExtractor(1)(x)
+    for s in (1, 4, 16):
+        g = ndimage.gaussian_filter(x, s, mode="nearest", truncate=3.0)
+        gx = ndimage.gaussian_filter(x, s, order=(0, 1), mode="nearest", truncate=3.0)
+        gy = ndimage.gaussian_filter(x, s, order=(1, 0), mode="nearest", truncate=3.0)
+        assert np.abs(f[FEATURES.index(f"gauss_s{s}")] - g).max() < 1e-5
+        assert np.abs(f[FEATURES.index(f"gradient_s{s}")] - np.hypot(gx, gy)).max() < 1e-5
+    hi, lo = f[FEATURES.index("hess_hi_s4")], f[FEATURES.index("hess_lo_s4")]
+    assert (hi >= lo).all()
