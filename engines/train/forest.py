@@ -41,10 +41,10 @@ FOREST_TILE = TileSpec(tile=1024, overlap=2 * RADIUS, margin=RADIUS, batch=1)
 
 @dataclass(frozen=True)
 class ForestConfig:
-    n_estimators: int = 32
-    max_depth: int = 12
-    min_samples_leaf: int = 4
-    max_pixels: int = 120_000
+    n_estimators: int = 48
+    max_depth: int = 14
+    min_samples_leaf: int = 3
+    max_pixels: int = 200_000
     """Labelled pixels sampled for training (class-balanced: at most max_pixels / classes each)."""
     seed: int = 0
     threads: int = 2
