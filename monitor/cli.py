@@ -150,6 +150,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         energies=getattr(args, "energies", None) or "",
         rules=_replay_rules(args),
         series_glob=getattr(args, "series_glob", None),
+        model=args.model or "",
+        weights_dir=args.weights_dir or "",
     )
     print(summary)
     return 0
@@ -319,6 +321,19 @@ def cmd_export_phoebus(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_segmentation_finetune_args(t: argparse.ArgumentParser) -> None:
+    """``finetune segmentation`` options (labels people have, reproducible training, method)."""
+    t.add_argument("--method", default="auto", choices=["auto", "network", "forest"], help="segmentation")
+    t.add_argument("--model", default=None, help="segmentation: shipped model to fine-tune (network)")
+    t.add_argument("--name", default=None, help="segmentation: name of the new model (xct_finetuned)")
+    t.add_argument(
+        "--class-map", default=None, help="segmentation: mask VALUE=CLASS[,...], e.g. 255=electrode"
+    )
+    t.add_argument("--ignore", type=int, default=None, help="segmentation: mask value of unlabelled pixels")
+    t.add_argument("--steps", type=int, default=None, help="segmentation: network training steps (500)")
+    t.add_argument("--max-minutes", type=float, default=None, help="segmentation: wall-clock cap (network)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="operando-monitor", description=__doc__)
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
@@ -377,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--energies", default=None, help="per-frame energies (eV), a text file, one per frame")
     rp.add_argument("--series-glob", default=None, help="HDF5: replay every dataset/group matching this glob")
     rp.add_argument("--config", default=None, help="evaluate this config's alarm rules on the pipeline")
+    rp.add_argument("--weights-dir", default=None, help="model directory for model pipelines")
+    rp.add_argument("--model", default=None, help="model name for model pipelines (default: the pipeline's)")
     rp.set_defaults(fn=cmd_replay)
 
     pa = sub.add_parser("particles", help="instance labels of one 2-D image (uint16 TIFF), prints the count")
@@ -388,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--weights", default=None, help="weights directory (default: engines/weights)")
     pa.add_argument("--model", default="", help="model name (default: txm_particle_net)")
     pa.set_defaults(fn=cmd_particles)
+
+    from monitor.segment_cli import add_parser as add_segment_parser
+
+    add_segment_parser(sub)
 
     d = sub.add_parser("demo", help="simulator + daemon + dashboard on this machine")
     d.add_argument("--duration", type=float, default=None, help="exit cleanly after S seconds")
@@ -463,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--weights", default=None, help="starting weights directory (finetune)")
         t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         t.add_argument("--no-progress", action="store_true")
+        if name == "finetune":
+            add_segmentation_finetune_args(t)
         t.set_defaults(fn=fn)
 
     q = sub.add_parser(

@@ -29,6 +29,7 @@ from monitor.alerts.evaluator import AlertEvaluator
 from monitor.alerts.evaluator import with_run_label as with_run_label  # re-exported (moved)
 from monitor.alerts.manager import AlarmManager
 from monitor.alerts.model import Severity
+from monitor.alerts.ood import OodAlarms
 from monitor.alerts.rules import Verdict
 from monitor.alerts.sinks import CallbackSink, JournalSink
 from monitor.compose import build_source as build_source  # re-exported (moved to compose)
@@ -118,6 +119,7 @@ class Daemon:
             if hasattr(w, "on_series_lost"):  # cluster mode: a keyed replica restarted
                 w.on_series_lost = self._on_series_lost
         self.router = Router(self.workers, self.telemetry, self._on_disposition)
+        self.evaluator.ood = OodAlarms(self.pipelines)
         self._source_tasks: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._worker_tasks: list[asyncio.Task[None]] = []

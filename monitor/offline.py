@@ -78,6 +78,8 @@ def replay_config(
     options: dict[str, bool | int | float | str] | None = None,
     energies: str = "",
     rules: tuple[RuleSettings, ...] = (),
+    model: str = "",
+    weights_dir: str = "",
 ) -> MonitorConfig:
     return MonitorConfig(
         run=out.stem,
@@ -88,7 +90,14 @@ def replay_config(
         ),
         # "block": offline nothing is skipped, the reader waits for the pipeline.
         pipelines=(
-            PipelineSettings(name=pipeline, kind=pipeline, policy="block", options=dict(options or {})),  # type: ignore[arg-type]
+            PipelineSettings(  # type: ignore[arg-type]
+                name=pipeline,
+                kind=pipeline,
+                policy="block",
+                options=dict(options or {}),
+                model=model,
+                weights_dir=weights_dir,
+            ),
         ),
         store=StoreSettings(directory=str(out.parent), filename=out.name),
         dashboard=DashboardSettings(enabled=False),
@@ -144,6 +153,8 @@ def replay_file(
     energies: str = "",
     rules: tuple[RuleSettings, ...] | None = None,
     series_glob: str | None = None,
+    model: str = "",
+    weights_dir: str = "",
 ) -> ReplaySummary:
     from monitor.pipelines.registry import build_pipeline
     from monitor.sources.replay import count_frames, load_energies
@@ -152,14 +163,16 @@ def replay_file(
         raise MonitorError(f"unknown pipeline {pipeline!r} (available: {', '.join(sorted(PIPELINE_KINDS))})")
     if out.exists() and not overwrite:
         raise MonitorError(f"{out} exists (use --overwrite to replace it)")
+    if weights_dir and not Path(weights_dir).is_dir():
+        raise MonitorError(f"--weights-dir {weights_dir}: not a directory")
     if series_glob:
         dataset = series_glob
     if rules is None:
         rules = default_rules(pipeline)
     total = count_frames(inp, dataset)
     load_energies(inp, dataset, energies, total)  # a bad energies file fails here, not mid-run
-    cfg = replay_config(inp, pipeline, out, dataset, options, energies, tuple(rules))
-    if options:  # checked exactly like [pipelines.options], before anything is written
+    cfg = replay_config(inp, pipeline, out, dataset, options, energies, tuple(rules), model, weights_dir)
+    if options or model or weights_dir:  # checked like [pipelines], before anything is written
         build_pipeline(cfg.pipelines[0]).close()
     if out.exists():
         out.unlink()

@@ -1,144 +1,256 @@
-"""Fine-tune a shipped XCT segmentation model on a few labelled real slices.
+"""``operando-monitor finetune segmentation``: a model from a few labelled real slices.
 
-``--data DIR`` holds image + mask pairs, any mix of:
+``--data DIR``: labelled slices (:mod:`engines.train.seg_labels`: TIFF/PNG/HDF5, any size,
+``--class-map``, ``--ignore`` for unlabelled pixels). A seeded random split (by slice with
+three or more slices, else by blocks inside the slices) gives train / validation (checkpoint
+and method choice) / test (reported only). ``--method``:
 
-* HDF5 files (``*.h5``, ``*.hdf5``) with datasets ``image`` and ``mask`` of equal shape, 2-D
-  (one slice) or 3-D (a stack, slices along axis 0);
-* TIFF pairs ``NAME_image.tif`` + ``NAME_mask.tif`` (``.tiff`` too), 2-D or multi-page.
+* ``network``: fine-tune a shipped model (``--model``, any with torch weights) for ``--steps``
+  steps (optional ``--max-minutes`` cap), cross-entropy on labelled pixels;
+* ``forest``: a random forest on multi-scale filter features (:mod:`engines.train.forest`),
+  refitted on train + validation pixels once chosen;
+* ``auto`` (default): both; ships the better on validation and states both scores.
 
-Images are raw reconstructions (any dtype); each slice is normalised like the pipeline does
-(``engines.tiling.normalise_slice``). Masks hold class ids 0 electrode, 1 electrolyte,
-2 dendrite, 3 redeposited Li, 4 pit, every pixel labelled; slices must be ≥ 128 px a side and
-oriented with the cell's layers horizontal (electrodes top and bottom). One slice in five (at
-least one, when there are two or more) is held out for the metrics in the new manifest.
+Writes ``<name>.onnx`` + ``<name>.json`` (+ ``.pt`` for a network) to ``--out``; the manifest
+records the data's provenance (files and sha256), the split, both methods' scores, the test
+metrics (classes present only) and OOD statistics of the new model's own training slices.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
 import logging
+import sys
+import tempfile
+import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
-from engines.registry import WEIGHTS_DIR, load_manifest
-from engines.synth.xct import N_CLASSES
-from engines.tiling import normalise_slice
-from engines.train.segmentation_core import SPECS, train
-from engines.train.segmentation_export import export_model
+from engines.export import export_onnx
+from engines.models.unet import WithSoftmax
+from engines.registry import TensorSpec, load_manifest, save_model
+from engines.runtime import create_runner
+from engines.seg_ood import fit_segmentation_stats
+from engines.synth.xct import CLASSES
+from engines.train.forest import (
+    FEATURES,
+    FOREST_TILE,
+    FeatureExtractor,
+    ForestConfig,
+    export_forest_onnx,
+    forest_probs,
+    train_forest,
+)
+from engines.train.seg_finetune_net import (
+    evaluate_slices,
+    load_network,
+    manifest_probs,
+    split_slices,
+    torch_probs,
+    train_network,
+)
+from engines.train.seg_labels import (
+    FinetuneDataError,
+    data_digest,
+    load_labelled,
+    parse_class_map,
+)
+from engines.train.segmentation_export import NORMALISATION
 
 log = logging.getLogger("engines.train.segmentation")
 DEFAULT_MODEL = "xct_unet_fast"
 DEFAULT_OUT = Path("runs") / "finetune" / "segmentation"
+DEFAULT_NAME = "xct_finetuned"
+METHODS = ("auto", "network", "forest")
+__all__ = ["FinetuneDataError", "finetune", "finetune_cli", "load_labelled"]
 
 
-class FinetuneDataError(ValueError):
-    """The --data directory does not hold usable image/mask pairs."""
-
-
-def _stack(a: np.ndarray) -> np.ndarray:
-    return a[None] if a.ndim == 2 else a
-
-
-def load_pairs(data: Path) -> tuple[np.ndarray, np.ndarray]:
-    """All labelled slices under ``data``: normalised images (n, h, w) float32, masks uint8."""
-    images: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
-    for p in sorted(data.iterdir()):
-        if p.suffix.lower() in (".h5", ".hdf5"):
-            with h5py.File(p, "r") as f:
-                if "image" not in f or "mask" not in f:
-                    raise FinetuneDataError(f"{p}: needs datasets 'image' and 'mask'")
-                im, mk = _stack(f["image"][()]), _stack(f["mask"][()])
-        elif p.name.lower().endswith(("_image.tif", "_image.tiff")):
-            import tifffile
-
-            stem = p.name[: p.name.lower().rindex("_image.")]
-            cands = [p.with_name(f"{stem}_mask{ext}") for ext in (".tif", ".tiff")]
-            mp = next((c for c in cands if c.exists()), None)
-            if mp is None:
-                raise FinetuneDataError(f"{p}: no matching {stem}_mask.tif")
-            im, mk = _stack(tifffile.imread(p)), _stack(tifffile.imread(mp))
-        else:
-            continue
-        if im.shape != mk.shape:
-            raise FinetuneDataError(f"{p}: image {im.shape} and mask {mk.shape} differ")
-        if min(im.shape[1:]) < 128:
-            raise FinetuneDataError(f"{p}: slices must be at least 128 px a side, got {im.shape[1:]}")
-        if mk.min() < 0 or mk.max() >= N_CLASSES:
-            raise FinetuneDataError(f"{p}: mask values must be class ids 0..{N_CLASSES - 1}")
-        for a, b in zip(im, mk, strict=True):
-            images.append(normalise_slice(a))
-            masks.append(b.astype(np.uint8))
-    if not images:
-        raise FinetuneDataError(f"no image/mask pairs in {data} (see docs/segmentation.md)")
-    shape = images[0].shape
-    if any(i.shape != shape for i in images):  # crop to a common shape (top-left)
-        h, w = min(i.shape[0] for i in images), min(i.shape[1] for i in images)
-        images, masks = [i[:h, :w] for i in images], [m[:h, :w] for m in masks]
-    return np.stack(images), np.stack(masks)
-
-
-def load_torch(name: str, weights: Path | None) -> torch.nn.Module:
-    """Rebuild the logits model of a shipped manifest from its saved torch state dict."""
-    m = load_manifest(name, weights)
-    info = m.extra.get("torch")
-    if not isinstance(info, dict):
-        raise FinetuneDataError(f"{name} has no torch weights to fine-tune")
-    mod, _, attr = str(info["factory"]).partition(":")
-    wrapped = getattr(importlib.import_module(mod), attr)(**info["kwargs"])
-    state = torch.load(
-        (weights or WEIGHTS_DIR) / str(info["state_dict"]), map_location="cpu", weights_only=True
+def _save(
+    onnx_file: Path,
+    out: Path,
+    name: str,
+    version: str,
+    extra: dict,
+    training: dict,
+    metrics: dict,
+    **torch_kw,
+) -> None:
+    fully = bool(extra.get("fully_convolutional"))
+    in_shape: tuple[int | str, ...] = ("batch", 1, "height", "width") if fully else ("batch", 1, 128, 128)
+    save_model(
+        onnx_file,
+        name=name,
+        version=version,
+        task="segmentation",
+        inputs=(TensorSpec("image", in_shape),),
+        outputs=(TensorSpec("probs", (in_shape[0], len(CLASSES), in_shape[2], in_shape[3])),),
+        normalisation=NORMALISATION,
+        training=training,
+        metrics={k: v for k, v in metrics.items() if np.isfinite(v)},
+        extra=extra,
+        out_dir=out,
+        **torch_kw,
     )
-    wrapped.load_state_dict(state)
-    return wrapped.model
 
 
 def finetune(
     data: Path,
     out: Path,
     *,
+    method: str = "auto",
     model: str = DEFAULT_MODEL,
     weights: Path | None = None,
-    budget_s: float = 180.0,
+    class_map: str | None = None,
+    ignore: int | None = None,
+    steps: int = 500,
+    max_minutes: float | None = None,
     seed: int = 0,
-    progress: bool = True,
-    threads: int = 2,
-) -> dict[str, float]:
+    threads: int = 1,
+    name: str = DEFAULT_NAME,
+    forest: ForestConfig | None = None,
+    refit_all: bool = True,
+) -> dict[str, object]:
+    """Train, choose, export; returns a summary (also in the manifest)."""
+    if method not in METHODS:
+        raise FinetuneDataError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     torch.set_num_threads(threads)
-    images, masks = load_pairs(data)
-    n = len(images)
-    n_val = max(1, n // 5) if n >= 2 else 0
-    train_data = (images[n_val:], masks[n_val:])
-    val_data = (images[:n_val], masks[:n_val]) if n_val else train_data
-    log.info("fine-tuning %s on %d slices (%d held out) from %s", model, n - n_val, n_val, data)
-    spec = SPECS[model]
-    manifest = load_manifest(model, weights)
-    loss = str(manifest.training.get("config", {}).get("loss", "bce"))  # type: ignore[union-attr]
-    net, hist = train(
-        spec,
-        train_data,
-        val_data,
-        loss=loss,
-        seed=seed,
-        budget_s=budget_s,
-        progress=progress,
-        model=load_torch(model, weights),
-        lr=spec.lr / 5,
-    )
-    cmd = f"operando-monitor finetune segmentation --data {data} --out {out}"
-    config = {
-        "finetuned_from": f"{model} {manifest.version} sha256 {manifest.sha256[:12]}",
-        "data": str(data),
-        "loss": loss,
+    cmap = parse_class_map(class_map, CLASSES)
+    slices = load_labelled(data, len(CLASSES), cmap, ignore)
+    split = split_slices(slices, seed)
+    digest, files = data_digest(data)
+    log.info("%d labelled slices from %s; split %s", len(slices), data, split.how)
+    t_start = time.monotonic()
+    base = load_manifest(model, weights) if method in ("auto", "network") else None
+    scores: dict[str, dict[str, float]] = {}
+    net = hist = None
+    if base is not None:
+        net, probs_out = load_network(base, weights)
+        max_s = None if max_minutes is None else 60.0 * max_minutes
+        lr = 4e-4 if not probs_out else 2e-4
+        net, hist, _ = train_network(
+            net, probs_out, base, split, steps=steps, max_seconds=max_s, seed=seed, lr=lr
+        )
+        scores["network"] = {"val": evaluate_slices(torch_probs(net, probs_out, base), split.val)}
+    clf = None
+    fcfg = forest or ForestConfig(seed=seed, threads=threads)
+    if method in ("auto", "forest"):
+        fe = FeatureExtractor(threads)
+        t0 = time.monotonic()
+        clf = train_forest(
+            [fe(s.image) for s in split.train], [s.mask for s in split.train], len(CLASSES), fcfg
+        )
+        val = evaluate_slices(lambda x: forest_probs(clf, fe(x), len(CLASSES)), split.val)
+        scores["forest"] = {"val": val, "seconds": round(time.monotonic() - t0, 1)}
+    chosen = method if method != "auto" else max(scores, key=lambda k: scores[k]["val"]["mIoU"])
+    if method == "auto":
+        log.info(
+            "auto: network val mIoU %.4f, forest val mIoU %.4f -> %s",
+            scores["network"]["val"]["mIoU"],
+            scores["forest"]["val"]["mIoU"],
+            chosen,
+        )
+    version = f"ft-{digest[:8]}-s{seed}"
+    training: dict[str, object] = {
+        "command": f"operando-monitor finetune segmentation --data {data} --method {method} --seed {seed}",
+        "seed": seed,
+        "method": chosen,
+        "methods": {k: {kk: vv for kk, vv in v.items()} for k, v in scores.items()},
+        "data": {
+            "directory": str(data),
+            "sha256": digest,
+            "files": files,
+            "slices": [s.source for s in slices],
+            "class_map": class_map or "mask values are class ids",
+            "ignore": ignore,
+            "kind": "user-labelled slices",
+        },
+        "split": split.how,
+        "test_metrics_of": "the model trained without the test labels"
+        + (
+            "; the shipped forest is then refitted on every labelled pixel"
+            if refit_all and chosen == "forest"
+            else ""
+        ),
     }
-    config["held_out"] = (
-        f"{n_val} of {n} labelled slices" if n_val else "none (a single slice: metrics are on training data)"
-    )
-    return export_model(spec, net, out, val_data, command=cmd, seed=seed, config=config, history=hist)
+    out.mkdir(parents=True, exist_ok=True)
+    test_pre: dict[str, float] | None = None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.onnx"
+        if chosen == "forest":
+            assert clf is not None
+            fe = FeatureExtractor(threads)
+            refit = split.train + split.val
+            clf = train_forest([fe(s.image) for s in refit], [s.mask for s in refit], len(CLASSES), fcfg)
+            export_forest_onnx(clf, len(CLASSES), path)
+            if refit_all:  # test metrics come from the model above; the shipped one sees every label
+                pre = clf
+                test_pre = evaluate_slices(lambda x: forest_probs(pre, fe(x), len(CLASSES)), split.test)
+                full = [s.image for s in slices]
+                clf = train_forest([fe(x) for x in full], [s.mask for s in slices], len(CLASSES), fcfg)
+                export_forest_onnx(clf, len(CLASSES), path)
+            extra: dict[str, object] = {
+                "kind": "forest",
+                "classes": list(CLASSES),
+                "tile": {"tile": FOREST_TILE.tile, "overlap": FOREST_TILE.overlap,
+                         "margin": FOREST_TILE.margin, "batch": FOREST_TILE.batch},
+                "fully_convolutional": True,
+                "multiple": 1,
+                "forest": {"features": list(FEATURES), "n_estimators": fcfg.n_estimators,
+                           "max_depth": fcfg.max_depth, "min_samples_leaf": fcfg.min_samples_leaf,
+                           "max_pixels": fcfg.max_pixels,
+                           "refit": "every labelled pixel" if refit_all else "train + validation pixels"},
+            }  # fmt: skip
+            torch_kw: dict[str, object] = {}
+        else:
+            assert base is not None and net is not None and hist is not None
+            wrapped = net if probs_out else WithSoftmax(net).eval()
+            fully = bool(base.extra.get("fully_convolutional"))
+            dyn = {"image": {0: "batch"}, "probs": {0: "batch"}}
+            if fully:
+                dyn = {k: {0: "batch", 2: "height", 3: "width"} for k in ("image", "probs")}
+            example = torch.from_numpy(np.ascontiguousarray(split.train[0].image[None, None, :128, :128]))
+            if example.shape[-2:] != (128, 128):
+                example = torch.zeros(1, 1, 128, 128)
+            export_onnx(wrapped.eval(), (example,), path, input_names=["image"], output_names=["probs"],
+                        dynamic_axes=dyn)  # fmt: skip
+            info = base.extra["torch"]
+            assert isinstance(info, dict)
+            extra = {k: v for k, v in base.extra.items() if k not in ("torch", "ood", "held_out")}
+            extra["kind"] = "network"
+            training.update(steps=hist.steps, seconds=round(hist.seconds, 1), max_minutes=max_minutes,
+                            stopped_by_time=hist.stopped_by_time, val_mIoU_curve=hist.val_miou,
+                            finetuned_from=f"{base.name} {base.version} {base.sha256[:12]}")  # fmt: skip
+            torch_kw = {"torch_module": wrapped, "torch_factory": str(info["factory"]),
+                        "torch_kwargs": dict(info["kwargs"])}  # fmt: skip
+        extra["held_out"] = split.how
+        _save(path, out, name, version, extra, training, {}, **torch_kw)
+    m = load_manifest(name, out)
+    with create_runner(m, "onnxruntime", threads=threads, weights_dir=out) as runner:
+        probs_of = manifest_probs(m, lambda b: runner.infer({"image": b})["probs"])
+        test = test_pre if test_pre is not None else evaluate_slices(probs_of, split.test)
+        stats = fit_segmentation_stats(
+            [s.image for s in slices],
+            probs_of,
+            CLASSES,
+            f"{len(slices)} labelled slices in {data} (and their quadrants)",
+            quadrants=True,
+            min_threshold=4.0,
+        )
+    extra = dict(m.extra)
+    extra["ood"] = stats.to_json()
+    training["test"] = test
+    training["seconds_total"] = round(time.monotonic() - t_start, 1)
+    metrics = {k: v for k, v in test.items() if k != "pixels"}
+    with tempfile.TemporaryDirectory() as tmp:  # rewrite the manifest with test metrics and OOD stats
+        path = Path(tmp) / f"{name}.onnx"
+        path.write_bytes((out / m.onnx).read_bytes())
+        _save(path, out, name, version, extra, training, metrics)
+    summary = {"name": name, "version": version, "method": chosen, "split": split.how, "test": test}
+    summary["validation"] = {k: v["val"] for k, v in scores.items()}
+    return summary
 
 
 def finetune_cli(args: argparse.Namespace) -> int:
@@ -146,18 +258,44 @@ def finetune_cli(args: argparse.Namespace) -> int:
         raise SystemExit(
             "finetune segmentation needs --data DIR (image/mask pairs; see docs/segmentation.md)"
         )
-    budget = 60.0 * args.epochs if args.epochs else 180.0
+    max_minutes = getattr(args, "max_minutes", None)
+    if args.epochs:
+        log.warning(
+            "--epochs is deprecated for segmentation: read as --max-minutes %d (use --steps)", args.epochs
+        )
+        max_minutes = float(args.epochs)
+    steps = args.steps or 500
+    forest = None
     if args.quick:
-        budget = 5.0
+        steps = 3
+        forest = ForestConfig(n_estimators=4, max_depth=6, max_pixels=4000, seed=args.seed)
     out = Path(args.out) if args.out else DEFAULT_OUT
-    metrics = finetune(
-        Path(args.data),
-        out,
-        weights=Path(args.weights) if args.weights else None,
-        budget_s=budget,
-        seed=args.seed,
-        progress=not args.no_progress,
-        threads=args.threads or 2,
-    )
-    print(f"{DEFAULT_MODEL} fine-tuned → {out}: {metrics}")
+    try:
+        summary = finetune(
+            Path(args.data),
+            out,
+            method=args.method,
+            model=args.model or DEFAULT_MODEL,
+            weights=Path(args.weights) if args.weights else None,
+            class_map=args.class_map,
+            ignore=args.ignore,
+            steps=steps,
+            max_minutes=max_minutes,
+            seed=args.seed,
+            threads=args.threads or 1,
+            name=args.name or DEFAULT_NAME,
+            forest=forest,
+        )
+    except FinetuneDataError as exc:
+        print(f"operando-monitor finetune segmentation: error: {exc}", file=sys.stderr)
+        return 2
+    val = summary["validation"]
+    assert isinstance(val, dict)
+    for k, v in val.items():
+        per_class = json.dumps({a: b for a, b in v.items() if a != "pixels"})
+        print(f"{k:8s} validation mIoU {v['mIoU']:.4f}  {per_class}")
+    print(f"shipped: {summary['method']}  test {json.dumps(summary['test'])}")
+    print(f"split: {summary['split']}")
+    print(f"wrote {out}/{summary['name']}.onnx + .json (version {summary['version']}); use it with")
+    print(f'  model = "{summary["name"]}"  weights_dir = "{out}"   (config), or --weights-dir/--model')
     return 0

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
 from monitor.alerts.model import FrameRef
+from monitor.alerts.ood import OodAlarms
 from monitor.alerts.rules import SilenceRule, ThresholdRule, Verdict
 from monitor.config import RuleSettings
 from monitor.frames import Result
@@ -32,9 +33,12 @@ def with_run_label(verdict: Verdict, extra: Mapping[str, object]) -> Verdict:
 
 
 class AlertEvaluator:
-    def __init__(self, rules: Sequence[RuleSettings]) -> None:
+    def __init__(self, rules: Sequence[RuleSettings], ood: OodAlarms | None = None) -> None:
         self.threshold_rules = [ThresholdRule(r) for r in rules if r.kind == "threshold"]
         self.silence_rules = [SilenceRule(r) for r in rules if r.kind == "silence"]
+        self.ood = ood
+        """Out-of-distribution guard of the pipelines that publish ``ood``: its MINOR alarms, and
+        the metrics whose rules are held back while a series is out of distribution."""
 
     @property
     def silence_period_s(self) -> float:
@@ -42,12 +46,19 @@ class AlertEvaluator:
         return min([r.settings.timeout_s for r in self.silence_rules] + [1.0]) / 4
 
     def on_results(self, pipeline: str, results: Sequence[Result], apply: Apply) -> None:
+        ood = self.ood
+        if ood is not None:
+            for r in results:
+                verdict = ood.verdict(pipeline, r)
+                if verdict is not None:
+                    f = r.frame
+                    apply(verdict, FrameRef(f.source, f.stream, f.series, f.index, f.seq))
         for rule in self.threshold_rules:
             if rule.pipeline != pipeline:
                 continue
             for r in results:
                 value = r.scalars.get(rule.metric)
-                if value is None:
+                if value is None or (ood is not None and ood.suppressed(pipeline, r, rule.metric)):
                     continue
                 verdict = rule.evaluate(r.frame.stream, float(value), r.frame.series)
                 if verdict is not None:

@@ -16,7 +16,15 @@ From the map (``monitor.analysis.morphology``):
   same slice (``slice_z`` from the frame's metadata, else the frame index modulo ``volume_depth``);
   NaN on a first pass. Alarm rules use ``penetration`` and ``dendrite_vf_growth``.
 
-Arrays: ``mask``: the label map resampled (nearest) to ``options.mask_shape`` square, uint8.
+Out-of-distribution guard (``engines.ood``, statistics from the model's manifest): per slice
+``ood_score`` (0 = like the model's training inputs) and ``ood`` (1 while the median score of
+the series so far is above the threshold; logged once per series). While ``ood`` is 1 the
+daemon raises a MINOR ``<pipeline>_ood`` alarm and ignores the metrics in ``ood_gated`` for
+alarm rules (penetration, growth, volume fractions), unless ``options.ood_suppress = false``.
+
+Arrays: ``mask``: the label map resampled (nearest) to fit ``options.mask_shape`` square with
+the slice's aspect ratio kept (long side = ``mask_shape``), the rest filled with
+:data:`NO_DATA` (255), uint8.
 """
 
 from __future__ import annotations
@@ -30,8 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.errors import EngineError
+from engines.ood import OodStats, SeriesOod
 from engines.registry import load_manifest
 from engines.runtime import create_runner
+from engines.seg_ood import manifest_stats, slice_features
 from engines.synth.xct import CLASSES, DENDRITE, PIT, REDEPOSIT
 from engines.tiling import TileSpec, full_predict, labels_from_probs, normalise_slice, tiled_predict
 from monitor.analysis.morphology import CumulativeVolume, slice_morphology
@@ -58,8 +68,25 @@ SCALARS = (
     "cum_dendrite_gap_fraction",
     "dendrite_vf_growth",
     "slice_z",
+    "ood_score",
+    "ood",
 )
 MAX_SLICES = 8192
+NO_DATA = 255
+"""Stored-mask value outside the slice (the mask keeps the slice's aspect ratio)."""
+OOD_GATED = (
+    "penetration",
+    "dendrite_vf_growth",
+    "dendrite_gap_fraction",
+    "cum_dendrite_gap_fraction",
+    *(f"vf_{c}" for c in CLASSES),
+    *(f"cum_{c}_vox" for c in CLASSES),
+    "n_dendrite",
+    "n_redeposit",
+    "n_pit",
+    "largest_dendrite_px",
+)
+"""Metrics whose alarms are held back while the input is out of distribution."""
 
 
 @dataclass(frozen=True)
@@ -76,14 +103,39 @@ class SegmentationOptions:
     volume_depth: int = 0
     """Slices per volume when frames carry no ``slice_z`` (0: use the frame index as is)."""
     min_size: int = 32
+    ood_guard: bool = True
+    """Measure how far slices lie from the model's training inputs (needs ``extra.ood``)."""
+    ood_threshold: float = 0.0
+    """Score above which a series is out of distribution; 0: the manifest's."""
+    ood_suppress: bool = True
+    """Hold back alarms on :data:`OOD_GATED` metrics while the input is out of distribution."""
+    ood_window: int = 16
+    """Slices whose median score decides (per series)."""
 
 
-def resample_nearest(mask: np.ndarray, side: int) -> np.ndarray:
-    """Nearest-neighbour resampling of a label map to ``side``×``side`` (pixel centres)."""
+def resample_nearest(mask: np.ndarray, side: int, width: int | None = None) -> np.ndarray:
+    """Nearest-neighbour resampling of a label map to ``side``×``width`` (pixel centres)."""
     h, w = mask.shape
+    width = side if width is None else width
     ys = ((np.arange(side) + 0.5) * h / side).astype(np.intp)
-    xs = ((np.arange(side) + 0.5) * w / side).astype(np.intp)
+    xs = ((np.arange(width) + 0.5) * w / width).astype(np.intp)
     return np.ascontiguousarray(mask[np.ix_(ys, xs)])
+
+
+def fitted_shape(shape: tuple[int, ...], side: int) -> tuple[int, int]:
+    """(rows, columns) of a ``shape`` slice scaled to fit ``side``² with its aspect ratio."""
+    h, w = shape[0], shape[1]
+    if h >= w:
+        return side, max(1, round(side * w / h))
+    return max(1, round(side * h / w)), side
+
+
+def stored_mask(mask: np.ndarray, side: int) -> np.ndarray:
+    """The label map fitted into ``side``² (aspect kept, top-left), the rest :data:`NO_DATA`."""
+    mh, mw = fitted_shape(mask.shape, side)
+    out = np.full((side, side), NO_DATA, np.uint8)
+    out[:mh, :mw] = resample_nearest(mask, mh, mw)
+    return out
 
 
 class SegmentationPipeline:
@@ -131,6 +183,14 @@ class SegmentationPipeline:
         self.cumulative: dict[str, CumulativeVolume] = {}
         self.previous: OrderedDict[tuple[str, int], float] = OrderedDict()
         """(stream, slice z) → dendrite_gap_fraction of its last pass (at most MAX_SLICES kept)."""
+        self.ood_stats: OodStats | None = manifest_stats(self.manifest) if o.ood_guard else None
+        if o.ood_guard and self.ood_stats is None:
+            log.warning("%s: model %s has no OOD statistics in its manifest; no OOD guard", self.name, model)
+        threshold = o.ood_threshold or (self.ood_stats.threshold if self.ood_stats else 0.0)
+        self.ood = SeriesOod(threshold, window=max(1, o.ood_window))
+        self._features = np.zeros(0)
+        self.ood_gated: frozenset[str] = frozenset(OOD_GATED) if o.ood_suppress else frozenset()
+        """Metrics whose alarms the daemon holds back while ``ood`` is 1 (``monitor.alerts.ood``)."""
         self.mip: dict[str, tuple[str, np.ndarray]] = {}
         """stream → (series, slices with dendrite per stored-mask pixel): the projection through
         the current volume, drawn by the dashboard as a maximum-intensity projection."""
@@ -144,12 +204,40 @@ class SegmentationPipeline:
 
     def segment(self, image: np.ndarray) -> np.ndarray:
         """Full-resolution label map (uint8) of one raw slice."""
+        return self.segment_scored(image)[0]
+
+    def segment_scored(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """Full-resolution label map (uint8) of one raw slice and its OOD score (NaN: no guard)."""
         x = normalise_slice(image)
         if self.whole:
             probs = full_predict(x, self._predict, self.multiple)
         else:
             probs = tiled_predict(x, self._predict, self.tiles)
-        return labels_from_probs(probs)
+        labels = labels_from_probs(probs)
+        if self.ood_stats is None:
+            return labels, float("nan")
+        conf = float(probs[:, ::4, ::4].max(0).mean())
+        self._features = slice_features(x, labels, conf, probs.shape[0])
+        return labels, self.ood_stats.score(self._features)
+
+    def _ood_state(self, f: Frame, score: float) -> float:
+        if self.ood_stats is None or not np.isfinite(score):
+            return 0.0
+        state = self.ood.update(f.stream, f.series, score)
+        if state.new:
+            log.warning(
+                "%s: series %r of stream %r is out of distribution for model %s (score %.2f > %.2f; "
+                "furthest: %s); alarms on %s held back",
+                self.name,
+                f.series,
+                f.stream,
+                self.manifest.name,
+                score,
+                self.ood.threshold,
+                ", ".join(f"{n} z={z:+.1f}" for n, z in self.ood_stats.worst(self._features)),
+                "penetration and volume fractions" if self.ood_gated else "nothing (ood_suppress = false)",
+            )
+        return 1.0 if state.flagged else 0.0
 
     def _slice_z(self, frame: Frame) -> int:
         z = frame.meta.slice_z
@@ -170,7 +258,7 @@ class SegmentationPipeline:
         out: list[Result] = []
         for f in frames:
             t0 = time.perf_counter()
-            mask = self.segment(f.array)
+            mask, ood_score = self.segment_scored(f.array)
             m = slice_morphology(mask, self.options.min_component_px)
             key = f"{f.stream}\x00{f.series}"
             cum = self.cumulative.setdefault(key, CumulativeVolume())
@@ -200,8 +288,10 @@ class SegmentationPipeline:
                 cum_dendrite_gap_fraction=float(vox[DENDRITE]) / gap_vox if gap_vox else 0.0,
                 dendrite_vf_growth=float("nan") if prev is None else m.dendrite_gap_fraction - prev,
                 slice_z=float(z),
+                ood_score=ood_score,
+                ood=self._ood_state(f, ood_score),
             )
-            small = resample_nearest(mask, self.options.mask_shape)
+            small = stored_mask(mask, self.options.mask_shape)
             series, proj = self.mip.get(f.stream, ("", None))  # type: ignore[arg-type]
             if proj is None or series != f.series:
                 proj = np.zeros(small.shape, np.uint16)
@@ -222,11 +312,13 @@ class SegmentationPipeline:
         """``mask``: the label map at display size (uint8 class ids); ``mip``: float32 count of
         slices of the current volume with dendrite at each (stored-mask) pixel."""
         mask = result.arrays["mask"]
+        mh, mw = fitted_shape(result.frame.array.shape, mask.shape[0])
+        mask = mask[:mh, :mw]
         h, w = shape
         ys = ((np.arange(h) + 0.5) * mask.shape[0] / h).astype(np.intp)
         xs = ((np.arange(w) + 0.5) * mask.shape[1] / w).astype(np.intp)
         out = {"mask": np.ascontiguousarray(mask[np.ix_(ys, xs)])}
         series, proj = self.mip.get(result.frame.stream, ("", None))  # type: ignore[arg-type]
         if proj is not None and series == result.frame.series:
-            out["mip"] = proj.astype(np.float32)
+            out["mip"] = proj[:mh, :mw].astype(np.float32)
         return out

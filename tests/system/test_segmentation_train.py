@@ -58,9 +58,10 @@ def test_quick_train_finetune_and_bench(tmp_path: Path) -> None:
         "--out", str(tuned), "--no-progress",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    ft = load_manifest("xct_unet_fast", tuned)
+    ft = load_manifest("xct_finetuned", tuned)
     assert ft.sha256 != load_manifest("xct_unet_fast", out).sha256
-    assert "finetuned_from" in ft.training["config"] and "1 of 3" in ft.training["config"]["held_out"]
+    assert ft.training["method"] in ("network", "forest") and "by slice" in ft.training["split"]
+    assert set(ft.training["methods"]) == {"network", "forest"} and "mIoU" in ft.metrics
 
     bench = tmp_path / "bench" / "seg.json"
     r = _cli("bench", "segmentation", "--quick", "--weights", str(out), "--json", str(bench))
@@ -74,14 +75,17 @@ def test_quick_train_finetune_and_bench(tmp_path: Path) -> None:
 
 
 def test_finetune_rejects_bad_data(tmp_path: Path) -> None:
-    from engines.train.segmentation_finetune import FinetuneDataError, load_pairs
+    from engines.train.segmentation_finetune import FinetuneDataError, load_labelled
 
-    with pytest.raises(FinetuneDataError, match="no image/mask pairs"):
+    def load_pairs(d: Path) -> object:
+        return load_labelled(d, 5)
+
+    with pytest.raises(FinetuneDataError, match="no labelled image/mask pairs"):
         load_pairs(tmp_path)
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f["image"] = np.zeros((200, 200), np.float32)
         f["mask"] = np.full((200, 200), 7, np.uint8)
-    with pytest.raises(FinetuneDataError, match="class ids"):
+    with pytest.raises(FinetuneDataError, match=r"x.h5:/mask: mask values \{7\}.*class ids"):
         load_pairs(tmp_path)
     (tmp_path / "x.h5").unlink()
     tifffile.imwrite(tmp_path / "y_image.tif", np.zeros((200, 200), np.float32))

@@ -15,7 +15,7 @@ from monitor.errors import ConfigError
 from monitor.frames import Frame, FrameMeta
 from monitor.pipelines.base import LiveOverlays
 from monitor.pipelines.registry import build_pipeline
-from monitor.pipelines.segmentation import SCALARS, SegmentationPipeline, resample_nearest
+from monitor.pipelines.segmentation import NO_DATA, SCALARS, SegmentationPipeline, resample_nearest
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,8 @@ def test_results_scalars_and_mask(weights: Path) -> None:
     res = p.process([frame(imgs[0], "s1", 0, 0), frame(imgs[1], "s1", 1, 1)])
     assert len(res) == 2 and set(res[0].scalars) == set(SCALARS)
     m = res[0].arrays["mask"]
-    assert m.shape == (64, 64) and m.dtype == np.uint8 and m.max() < 5
+    assert m.shape == (64, 64) and m.dtype == np.uint8
+    assert m[:43].max() < 5 and (m[43:] == NO_DATA).all()  # 200x300: aspect kept, rest NO_DATA
     s0, s1 = res[0].scalars, res[1].scalars
     assert sum(
         s0[f"vf_{c}"] for c in ("electrode", "electrolyte", "dendrite", "redeposit", "pit")
@@ -59,7 +60,7 @@ def test_results_scalars_and_mask(weights: Path) -> None:
     total = s1["cum_dendrite_vox"] + s1["cum_redeposit_vox"] + s1["cum_pit_vox"]
     assert total <= 2 * vox and s1["slice_z"] == 1.0
     ov = p.display_overlays(res[1], (100, 150))
-    assert ov["mask"].shape == (100, 150) and ov["mip"].shape == (64, 64) and ov["mip"].max() <= 2
+    assert ov["mask"].shape == (100, 150) and ov["mip"].shape == (43, 64) and ov["mip"].max() <= 2
     # A new series (the next scan): cumulative volume restarts, growth compares with slice 0 of s1.
     r2 = p.process([frame(imgs[0], "s2", 0, 0)])[0].scalars
     assert r2["cum_dendrite_vox"] == pytest.approx(s0["cum_dendrite_vox"])
