@@ -75,6 +75,7 @@ def replay_config(
     pipeline: str,
     out: Path,
     dataset: str | None,
+    *,
     options: dict[str, bool | int | float | str] | None = None,
     energies: str = "",
     rules: tuple[RuleSettings, ...] = (),
@@ -171,7 +172,17 @@ def replay_file(
         rules = default_rules(pipeline)
     total = count_frames(inp, dataset)
     load_energies(inp, dataset, energies, total)  # a bad energies file fails here, not mid-run
-    cfg = replay_config(inp, pipeline, out, dataset, options, energies, tuple(rules), model, weights_dir)
+    cfg = replay_config(
+        inp,
+        pipeline,
+        out,
+        dataset,
+        options=options,
+        energies=energies,
+        rules=tuple(rules),
+        model=model,
+        weights_dir=weights_dir,
+    )
     if options or model or weights_dir:  # checked like [pipelines], before anything is written
         build_pipeline(cfg.pipelines[0]).close()
     if out.exists():

@@ -146,7 +146,9 @@ def test_replay_and_segment_cli_take_a_finetuned_model(tmp_path: Path) -> None:
     from monitor.cli import build_parser
     from monitor.offline import replay_config
 
-    cfg = replay_config(tmp_path / "in.tif", "segmentation", tmp_path / "o.h5", None, "xct_finetuned", "W")
+    cfg = replay_config(
+        tmp_path / "in.tif", "segmentation", tmp_path / "o.h5", None, model="xct_finetuned", weights_dir="W"
+    )
     assert (cfg.pipelines[0].model, cfg.pipelines[0].weights_dir) == ("xct_finetuned", "W")
     a = build_parser().parse_args(
         ["segment", "x.tif", "--weights-dir", "W", "--model", "m", "--out", "o.tif"]
