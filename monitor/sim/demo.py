@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from monitor.aio import sleep_unless
+from monitor.aio import poll_async, sleep_unless
 from monitor.config import (
     AlertSettings,
     DaemonSettings,
@@ -185,7 +185,7 @@ async def simulate(endpoint: str, stop: asyncio.Event) -> int:
             msgs = [malformed(i)] if i and i % BAD_EVERY == 0 else []
             msgs.append(encode_array10(img, frame=i, stream="frames", series=series))
             for msg in msgs:
-                while not await sock.poll(100, zmq.POLLOUT):  # receiver slow or gone
+                while not await poll_async(sock, 100, zmq.POLLOUT):  # receiver slow or gone
                     if stop.is_set():
                         return sent
                 await sock.send_multipart(msg)

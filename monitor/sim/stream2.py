@@ -27,7 +27,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from monitor.aio import sleep_unless
+from monitor.aio import poll_async, sleep_unless
 from monitor.sim.array10 import synthetic_frames
 from monitor.sources.cbor_arrays import (
     TAG_DECTRIS_COMPRESSION,
@@ -235,7 +235,7 @@ def detector_frames(
 
 
 async def _send(sock: zmq.asyncio.Socket, message: bytes, stop: asyncio.Event | None) -> bool:
-    while not await sock.poll(100, zmq.POLLOUT):
+    while not await poll_async(sock, 100, zmq.POLLOUT):
         if stop is not None and stop.is_set():
             return False
     await sock.send(message, copy=False)
