@@ -211,7 +211,8 @@ def cli_main(args: argparse.Namespace) -> int:
         print(f"{res['skipped']}; wrote {args.json}")
         return 0
     vol = res["xct_volume"]
+    assert isinstance(vol, dict)  # volume_time's summary
     print(
         f"gpu {res['device']}: seed-size XCT volume {vol['seconds_for_volume']} s ({vol['mpx_per_s']} Mpx/s)"
-    )  # type: ignore[index]
+    )
     return 0

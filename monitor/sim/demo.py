@@ -15,9 +15,10 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
@@ -54,7 +55,7 @@ class DemoPart:
     sources: tuple[SourceSettings, ...]
     pipelines: tuple[PipelineSettings, ...]
     rules: tuple[RuleSettings, ...]
-    simulate: Callable[[asyncio.Event], Awaitable[int]]
+    simulate: Callable[[asyncio.Event], Coroutine[Any, Any, int]]
     """Runs the simulated detector until the event is set; returns the frames it sent."""
     describe: str = ""
 
