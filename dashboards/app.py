@@ -13,7 +13,8 @@ from typing import Protocol
 
 from bokeh.document import Document
 from bokeh.layouts import column, row
-from bokeh.models import Div, LayoutDOM
+from bokeh.models import LayoutDOM
+from bokeh.models.widgets import Div  # not via bokeh.models: its computed __all__ hides it from type checkers
 
 from dashboards.panels.alarms import AlarmsPanel
 from dashboards.panels.frame import FramePanel

@@ -64,7 +64,7 @@ def parse_cpuinfo(text: str, cpus: int | None = None) -> CpuIsa:
     return CpuIsa(
         model=model or platform.processor() or platform.machine(),
         cpus=cpus if cpus is not None else (os.cpu_count() or 1),
-        **{f: f in flags for f in fields},  # type: ignore[arg-type]
+        **{f: f in flags for f in fields},
     )
 
 

@@ -68,7 +68,8 @@ def _segmentation_data(m: Manifest, n_calib: int) -> Iterator[dict[str, np.ndarr
     from engines.synth.xct import make_slice
     from engines.tiling import normalise_slice
 
-    size = int(m.extra.get("tile", {}).get("tile", 128))  # type: ignore[union-attr]
+    # manifest extra["tile"] is the TileSpec dict the training wrote (untyped JSON here)
+    size = int(m.extra.get("tile", {}).get("tile", 128))  # type: ignore[attr-defined]
     rng = np.random.default_rng(CALIB_SEED0)
     for i in range(n_calib):
         img = normalise_slice(make_slice((512, 512), CALIB_SEED0 + i, growth=float(rng.uniform(0.2, 1.0)))[0])

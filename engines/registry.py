@@ -45,7 +45,7 @@ class TensorSpec:
             raise TypeError("shape must be a list")
         return cls(
             name=str(data["name"]),
-            shape=tuple(d if isinstance(d, str) else int(d) for d in shape),  # type: ignore[call-overload]
+            shape=tuple(d if isinstance(d, str) else int(d) for d in shape),
             dtype=str(data.get("dtype", "float32")),
         )
 

@@ -215,9 +215,11 @@ class Daemon:
         while not self._stop_background.is_set():
             now = time.monotonic()
             if self.alarms is not None:
-                self.evaluator.check_silence(
-                    lambda src, now=now: now - self.router.last_seen.get(src, t0), self.alarms.apply
-                )
+
+                def since_last(src: str, now: float = now) -> float:
+                    return now - self.router.last_seen.get(src, t0)
+
+                self.evaluator.check_silence(since_last, self.alarms.apply)
             await sleep_unless(self._stop_background, self.evaluator.silence_period_s)
 
     def _open_listeners(self) -> list[Any]:
@@ -333,8 +335,10 @@ class Daemon:
             await asyncio.gather(*self._source_tasks, return_exceptions=True)
         log.info("shutting down: drain")
         if not self.force_exit:
-            drained = asyncio.ensure_future(asyncio.gather(*(w.queue.join() for w in self.workers)))
-            forced = asyncio.ensure_future(self._forced.wait())
+            drained: asyncio.Future[Any] = asyncio.ensure_future(
+                asyncio.gather(*(w.queue.join() for w in self.workers))
+            )
+            forced: asyncio.Future[Any] = asyncio.ensure_future(self._forced.wait())
             done, _ = await asyncio.wait({drained, forced}, timeout=left(0.5), return_when=FIRST_COMPLETED)
             await self._cancel([drained, forced])
             if forced in done:

@@ -6,18 +6,19 @@ import html
 from collections.abc import Sequence
 
 from bokeh.layouts import column, row
-from bokeh.models import (
-    AllIndices,
+
+# Widgets, UI elements and annotations from their sub-packages: bokeh.models' computed __all__
+# hides them from type checkers.
+from bokeh.models import AllIndices, CDSView, ColumnDataSource
+from bokeh.models.ui import UIElement
+from bokeh.models.widgets import (
     Button,
-    CDSView,
-    ColumnDataSource,
     DataTable,
     Div,
     HTMLTemplateFormatter,
     PasswordInput,
     TableColumn,
     TextInput,
-    UIElement,
 )
 
 from dashboards.panels.style import SECTION_STYLE, SEVERITY_COLORS, STATE_COLORS, TEXT_MUTED, clock, heading

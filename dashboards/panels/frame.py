@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import html
 import time
+from typing import Any
 
 import numpy as np
 from bokeh.layouts import column
-from bokeh.models import ColorBar, ColumnDataSource, Div, LinearColorMapper, Range1d, Select, UIElement
+
+# Widgets, UI elements and annotations from their sub-packages: bokeh.models' computed __all__
+# hides them from type checkers.
+from bokeh.models import ColumnDataSource, LinearColorMapper, Range1d
+from bokeh.models.annotations import ColorBar
+from bokeh.models.ui import UIElement
+from bokeh.models.widgets import Div, Select
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
-from dashboards.panels.style import SECTION_STYLE, TEXT_MUTED, age, heading, number
+from dashboards.panels.style import SECTION_STYLE, TEXT_MUTED, age, heading, number, plot_title
 from monitor.live import LiveFrame
 
 FrameKey = tuple[str, str, int]
@@ -63,17 +70,18 @@ class FramePanel:
             title=_WAITING,
             width=PLOT_SIZE + 90,
             height=PLOT_SIZE,
-            x_range=Range1d(0, 1),
-            y_range=Range1d(1, 0),  # detector convention: row 0 at the top
+            x_range=Range1d(start=0, end=1),
+            y_range=Range1d(start=1, end=0),  # detector convention: row 0 at the top
             tools="pan,wheel_zoom,box_zoom,reset,save,hover",
             active_scroll="wheel_zoom",
             tooltips=[("x, y", "$x{0}, $y{0}"), ("value", "@image{0.000}")],
             toolbar_location="right",
         )
-        self.plot.image(
+        # Image glyphs take a color_mapper; bokeh's GlyphAPI.image stub leaves it out
+        self.plot.image(  # type: ignore[call-arg]
             image="image", x="x", y="y", dw="dw", dh="dh", source=self.source, color_mapper=self.mapper
         )
-        self.plot.title.text_font_size = "13px"
+        plot_title(self.plot).text_font_size = "13px"
         self.plot.xaxis.axis_label = "x [px]"
         self.plot.yaxis.axis_label = "y [px]"
         self.plot.grid.visible = False
@@ -106,7 +114,8 @@ class FramePanel:
         self._frames = frames
         streams = sorted(frames)
         if streams != list(self.select.options):
-            self.select.options = streams
+            options: list[str | tuple[Any, str]] = list(streams)
+            self.select.options = options
         if streams and self.select.value not in frames:
             self.select.value = streams[0]  # triggers _on_select, which redraws
             return
@@ -143,7 +152,7 @@ class FramePanel:
             title = "  ·  ".join(parts)
         if title != self._title:
             self._title = title
-            self.plot.title.text = title
+            plot_title(self.plot).text = title
 
     @staticmethod
     def _scalars_html(frame: LiveFrame | None) -> str:

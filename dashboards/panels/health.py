@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from bokeh.layouts import column
-from bokeh.models import ColumnDataSource, DatetimeTickFormatter, Div, Legend, LegendItem, UIElement
+
+# Widgets, UI elements and annotations from their sub-packages: bokeh.models' computed __all__
+# hides them from type checkers.
+from bokeh.models import ColumnDataSource, DataRange1d, DatetimeTickFormatter
+from bokeh.models.annotations import Legend, LegendItem
+from bokeh.models.renderers import GlyphRenderer
+from bokeh.models.ui import UIElement
+from bokeh.models.widgets import Div
 from bokeh.plotting import figure
 
 from dashboards.panels.style import (
@@ -19,8 +27,12 @@ from dashboards.panels.style import (
     TEXT_MUTED,
     age,
     heading,
+    plot_title,
 )
 from monitor.telemetry import TelemetrySnapshot
+
+if TYPE_CHECKING:
+    from bokeh.models.sources import DataDict
 
 PLOT_WIDTH = 690
 PLOT_HEIGHT = 272
@@ -36,18 +48,18 @@ def _time_plot(name: str, title: str, y_label: str) -> figure:
         width=PLOT_WIDTH,
         height=PLOT_HEIGHT,
         x_axis_type="datetime",
+        y_range=DataRange1d(start=0),
         tools="pan,xwheel_zoom,box_zoom,reset",
         toolbar_location="right",
     )
     p.yaxis.axis_label = y_label
     p.xaxis.formatter = DatetimeTickFormatter(seconds="%H:%M:%S", minsec="%H:%M:%S", minutes="%H:%M")
-    p.title.text_font_size = "13px"
-    p.y_range.start = 0
+    plot_title(p).text_font_size = "13px"
     p.toolbar.logo = None
     return p
 
 
-def _columns(snaps: Sequence[TelemetrySnapshot]) -> dict[str, np.ndarray]:
+def _columns(snaps: Sequence[TelemetrySnapshot]) -> DataDict:
     return {
         "t": np.array([s.t * 1e3 for s in snaps], dtype=np.float64),  # datetime axes use ms
         "fps_in": np.array([s.fps_in for s in snaps], dtype=np.float64),
@@ -71,9 +83,12 @@ class HealthPanel:
         ):
             items = []
             for field, color, label in lines:
-                renderer = plot.line("t", field, source=self.source, color=color, line_width=2)
-                items.append(LegendItem(label=label, renderers=[renderer]))
-            legend = Legend(items=items, orientation="horizontal", border_line_alpha=0, padding=0, margin=2)
+                renderers: list[GlyphRenderer[Any]] = [
+                    plot.line("t", field, source=self.source, color=color, line_width=2)
+                ]
+                items.append(LegendItem(label=label, renderers=renderers))
+            # padding is an int in pixels; bokeh's stub nests the Property types
+            legend = Legend(items=items, orientation="horizontal", border_line_alpha=0, padding=0, margin=2)  # type: ignore[arg-type]
             legend.label_text_font_size = "12px"
             plot.add_layout(legend, "above")
         self.counters = Div(

@@ -6,6 +6,9 @@ import html
 import time
 from datetime import datetime
 
+from bokeh.models import Plot
+from bokeh.models.annotations import Title
+
 from monitor.alerts.model import AlarmState, Severity
 
 PANEL_BG = "#f7f8fa"
@@ -36,6 +39,15 @@ SECTION_STYLE = {
     "border-radius": "6px",
     "padding": "8px",
 }
+
+
+def plot_title(p: Plot) -> Title:
+    """A plot's title model: bokeh types ``Plot.title`` as ``Title | str | None``; ``figure()`` always
+    makes a :class:`Title`."""
+    title = p.title
+    if not isinstance(title, Title):
+        raise TypeError(f"plot {p.name!r} has no Title model")
+    return title
 
 
 def heading(text: str) -> str:

@@ -149,7 +149,7 @@ def create_runner(
             if manifest is not None and not dims:
                 extra = manifest.extra.get("trt_dims", {})
                 if isinstance(extra, Mapping):
-                    dims = {str(k): tuple(v) for k, v in extra.items()}  # type: ignore[misc]
+                    dims = {str(k): tuple(v) for k, v in extra.items()}
             prec = "fp16" if precision == "auto" else precision
             return TensorRTRunner(path, name, inputs, outputs, precision=prec, dims=dims)
         from engines.runtime.triton_backend import TritonRunner

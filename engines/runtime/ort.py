@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class OnnxRuntimeRunner(BaseRunner):
         self.path = Path(path)
         self.threads = threads
         self.device = device
-        self._session: object | None = None
+        self._session: Any = None  # onnxruntime.InferenceSession (no stubs)
         self._output_names = [s.name for s in self.outputs]
 
     def _activate(self) -> None:
@@ -58,7 +59,7 @@ class OnnxRuntimeRunner(BaseRunner):
         self._session = None
 
     def _infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self._session.run(self._output_names, feeds)  # type: ignore[attr-defined]
+        outs = self._session.run(self._output_names, feeds)
         return {n: np.asarray(o) for n, o in zip(self._output_names, outs, strict=True)}
 
     def describe(self) -> str:

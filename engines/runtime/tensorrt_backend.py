@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ Profile = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 DEFAULT_BATCH = (1, 8, 32)
 
 
-def import_tensorrt() -> object:
+def import_tensorrt() -> Any:  # TensorRT ships no type information
     try:
         import tensorrt as trt
     except ImportError as exc:
@@ -46,10 +47,14 @@ def profile_shapes(inputs: Sequence[TensorSpec], dims: Mapping[str, tuple[int, i
     """Min/opt/max shapes per input: dynamic dims from ``dims`` (``batch`` defaults to 1/8/32)."""
     profile: Profile = {}
     for spec in inputs:
-        lo, opt, hi = [], [], []
+        lo: list[int] = []
+        opt: list[int] = []
+        hi: list[int] = []
         for d in spec.shape:
             if isinstance(d, int):
-                lo.append(d), opt.append(d), hi.append(d)
+                lo.append(d)
+                opt.append(d)
+                hi.append(d)
                 continue
             rng = dims.get(d, DEFAULT_BATCH if d in ("batch", "N", "n") else None)
             if rng is None:
@@ -58,7 +63,9 @@ def profile_shapes(inputs: Sequence[TensorSpec], dims: Mapping[str, tuple[int, i
                 )
             if not rng[0] <= rng[1] <= rng[2]:
                 raise EngineError(f"TensorRT profile for dim {d!r}: need min <= opt <= max, got {rng}")
-            lo.append(rng[0]), opt.append(rng[1]), hi.append(rng[2])
+            lo.append(rng[0])
+            opt.append(rng[1])
+            hi.append(rng[2])
         profile[spec.name] = (tuple(lo), tuple(opt), tuple(hi))
     return profile
 
@@ -105,23 +112,23 @@ class TensorRTRunner(BaseRunner):
         self.profile = profile_shapes(self.inputs, dims or {})
         self.workspace_bytes = workspace_bytes
         self.cache_path: Path | None = None
-        self._engine: object | None = None
-        self._context: object | None = None
+        self._engine: Any = None  # tensorrt.ICudaEngine (TensorRT has no stubs)
+        self._context: Any = None  # tensorrt.IExecutionContext
 
-    def _build(self, trt: object, logger: object) -> bytes:
+    def _build(self, trt: Any, logger: Any) -> bytes:
         t = trt  # typed loosely: TensorRT has no stubs
-        builder = t.Builder(logger)  # type: ignore[attr-defined]
+        builder = t.Builder(logger)
         network = builder.create_network(0)
-        parser = t.OnnxParser(network, logger)  # type: ignore[attr-defined]
+        parser = t.OnnxParser(network, logger)
         if not parser.parse(self.path.read_bytes()):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise EngineError(f"TensorRT could not parse {self.path}: {errors}")
         config = builder.create_builder_config()
-        config.set_memory_pool_limit(t.MemoryPoolType.WORKSPACE, self.workspace_bytes)  # type: ignore[attr-defined]
+        config.set_memory_pool_limit(t.MemoryPoolType.WORKSPACE, self.workspace_bytes)
         if self.precision == "fp16":
-            config.set_flag(t.BuilderFlag.FP16)  # type: ignore[attr-defined]
+            config.set_flag(t.BuilderFlag.FP16)
         elif self.precision == "bf16":
-            config.set_flag(t.BuilderFlag.BF16)  # type: ignore[attr-defined]
+            config.set_flag(t.BuilderFlag.BF16)
         profile = builder.create_optimization_profile()
         for name, (lo, opt, hi) in self.profile.items():
             profile.set_shape(name, lo, opt, hi)
@@ -137,11 +144,11 @@ class TensorRTRunner(BaseRunner):
 
         if not torch.cuda.is_available():
             raise BackendUnavailable("TensorRT needs an NVIDIA GPU; torch sees no CUDA device here")
-        logger = trt.Logger(trt.Logger.WARNING)  # type: ignore[attr-defined]
+        logger = trt.Logger(trt.Logger.WARNING)
         key = engine_cache_key(
             sha256_file(self.path),
             torch.cuda.get_device_name(),
-            str(trt.__version__),  # type: ignore[attr-defined]
+            str(trt.__version__),
             self.precision,
             self.profile,
         )
@@ -158,11 +165,11 @@ class TensorRTRunner(BaseRunner):
             tmp = self.cache_path.with_suffix(".tmp")
             tmp.write_bytes(data)
             tmp.replace(self.cache_path)
-        runtime = trt.Runtime(logger)  # type: ignore[attr-defined]
+        runtime = trt.Runtime(logger)
         self._engine = runtime.deserialize_cuda_engine(data)
         if self._engine is None:
             raise EngineError(f"TensorRT could not load the cached engine {self.cache_path}; delete it")
-        self._context = self._engine.create_execution_context()  # type: ignore[attr-defined]
+        self._context = self._engine.create_execution_context()
         self._trt = trt
         self._torch = torch
 
@@ -175,23 +182,23 @@ class TensorRTRunner(BaseRunner):
         ctx, engine = self._context, self._engine
         keep = []
         for spec in self.inputs:
-            want = trt.nptype(engine.get_tensor_dtype(spec.name))  # type: ignore[attr-defined]
+            want = trt.nptype(engine.get_tensor_dtype(spec.name))
             t = torch.from_numpy(np.ascontiguousarray(feeds[spec.name], dtype=want)).cuda()
-            ctx.set_input_shape(spec.name, tuple(t.shape))  # type: ignore[attr-defined]
-            ctx.set_tensor_address(spec.name, t.data_ptr())  # type: ignore[attr-defined]
+            ctx.set_input_shape(spec.name, tuple(t.shape))
+            ctx.set_tensor_address(spec.name, t.data_ptr())
             keep.append(t)
-        outs: dict[str, object] = {}
+        outs: dict[str, Any] = {}  # torch CUDA tensors
         for spec in self.outputs:
-            shape = tuple(ctx.get_tensor_shape(spec.name))  # type: ignore[attr-defined]
-            dtype = trt.nptype(engine.get_tensor_dtype(spec.name))  # type: ignore[attr-defined]
+            shape = tuple(ctx.get_tensor_shape(spec.name))
+            dtype = trt.nptype(engine.get_tensor_dtype(spec.name))
             t = torch.empty(shape, dtype=torch.from_numpy(np.zeros(0, dtype)).dtype, device="cuda")
-            ctx.set_tensor_address(spec.name, t.data_ptr())  # type: ignore[attr-defined]
+            ctx.set_tensor_address(spec.name, t.data_ptr())
             outs[spec.name] = t
         stream = torch.cuda.current_stream()
-        if not ctx.execute_async_v3(stream.cuda_stream):  # type: ignore[attr-defined]
+        if not ctx.execute_async_v3(stream.cuda_stream):
             raise EngineError(f"TensorRT execution failed for {self.name}")
         stream.synchronize()
-        return {k: v.float().cpu().numpy() for k, v in outs.items()}  # type: ignore[attr-defined]
+        return {k: v.float().cpu().numpy() for k, v in outs.items()}
 
     def describe(self) -> str:
         return f"tensorrt ({self.precision})"

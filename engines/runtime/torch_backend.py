@@ -76,8 +76,7 @@ class TorchRunner(BaseRunner):
     def _outputs(self, result: object) -> dict[str, np.ndarray]:
         outs = result if isinstance(result, tuple | list) else (result,)
         return {
-            spec.name: o.detach().float().cpu().numpy()
-            for spec, o in zip(self.outputs, outs, strict=True)  # type: ignore[union-attr]
+            spec.name: o.detach().float().cpu().numpy() for spec, o in zip(self.outputs, outs, strict=True)
         }
 
     def _infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

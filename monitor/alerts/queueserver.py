@@ -46,7 +46,7 @@ class QueueServerAdapter:
         self._journal = journal
         self._api: Any = None
         self._api_tasks: set[asyncio.Task[Any]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[dict[str, object]]] = set()
         self._min = Severity[settings.min_severity]
 
     def wants(self, event: AlarmEvent) -> bool:
@@ -96,7 +96,7 @@ class QueueServerAdapter:
             kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in s.plan_kwargs.items()}
             plan = BPlan(s.plan_name, **kwargs)
             reply = await api.item_add(plan, pos=s.queue_position)
-            detail = {"plan": s.plan_name, "kwargs": kwargs, "pos": s.queue_position}
+            detail: dict[str, object] = {"plan": s.plan_name, "kwargs": kwargs, "pos": s.queue_position}
             return "item_add", detail | {"reply": _plain(reply)}
         option = "immediate" if s.action == "pause_immediate" else "deferred"
         reply = await api.re_pause(option=option)

@@ -10,6 +10,7 @@ machine hits both sides alike. Reduced precision is tried where it may pay on th
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -126,8 +127,9 @@ def measure_model(
                         _summary("torch_eager", b, _time_calls(_torch_fn(m.module, feeds), seconds), t)
                     )
                 runner = runners[t]
+                infer = functools.partial(runner.infer, feeds)
                 per.setdefault(("onnxruntime", b, t), []).append(
-                    _summary("onnxruntime", b, _time_calls(lambda f=feeds, r=runner: r.infer(f), seconds), t)
+                    _summary("onnxruntime", b, _time_calls(infer, seconds), t)
                 )
     for r in runners.values():
         r.deactivate()
@@ -145,11 +147,11 @@ def measure_model(
         best = max(rows, key=lambda r: r.throughput)
         out[backend] = {"batch_1": asdict(rows[0]), "best_batch": asdict(best)}
     if "torch_eager" in out:
-        t, o = out["torch_eager"], out["onnxruntime"]
-        assert isinstance(t, dict) and isinstance(o, dict)
-        o["batch_1"]["speedup_vs_torch_eager"] = o["batch_1"]["throughput"] / t["batch_1"]["throughput"]
+        eager, o = out["torch_eager"], out["onnxruntime"]
+        assert isinstance(eager, dict) and isinstance(o, dict)
+        o["batch_1"]["speedup_vs_torch_eager"] = o["batch_1"]["throughput"] / eager["batch_1"]["throughput"]
         o["best_batch"]["speedup_vs_torch_eager"] = (
-            o["best_batch"]["throughput"] / t["best_batch"]["throughput"]
+            o["best_batch"]["throughput"] / eager["best_batch"]["throughput"]
         )
     return out
 

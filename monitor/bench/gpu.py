@@ -20,11 +20,16 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from monitor.bench import host_info
+
+if TYPE_CHECKING:  # engines are imported lazily, in the functions that run them
+    from engines.registry import Manifest, TensorSpec
 
 log = logging.getLogger("monitor.bench.gpu")
 
@@ -52,16 +57,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn: object, seconds: float = 1.0, device: str = "cuda") -> float:
+def _time(fn: Callable[[], object], seconds: float = 1.0, device: str = "cuda") -> float:
     """Median seconds per call of ``fn`` (device-synchronised), after warm-up."""
     for _ in range(3):
-        fn()  # type: ignore[operator]
+        fn()
     _sync(device)
     times: list[float] = []
     t_end = time.perf_counter() + seconds
     while time.perf_counter() < t_end or len(times) < 5:
         t0 = time.perf_counter()
-        fn()  # type: ignore[operator]
+        fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
@@ -111,14 +116,14 @@ def model_throughput(
     return out
 
 
-def _example(spec: object, m: object, batch: int) -> np.ndarray:
+def _example(spec: TensorSpec, m: Manifest, batch: int) -> np.ndarray:
     """A random input of the manifest's shape (symbolic dims from ``extra.bench_dims`` or 128)."""
     shape = [batch]
-    hints = m.extra.get("bench_dims", {})  # type: ignore[attr-defined]
+    hints = m.extra.get("bench_dims", {})
     hints = hints if isinstance(hints, dict) else {}
-    for d in spec.shape[1:]:  # type: ignore[attr-defined]
+    for d in spec.shape[1:]:
         shape.append(int(d) if isinstance(d, int) else int(hints.get(str(d), 128)))
-    dtype = np.dtype(spec.dtype)  # type: ignore[attr-defined]
+    dtype = np.dtype(spec.dtype)
     rng = np.random.default_rng(0)
     return (rng.random(shape) if dtype.kind == "f" else rng.integers(0, 2, shape)).astype(dtype)
 
@@ -211,7 +216,8 @@ def cli_main(args: argparse.Namespace) -> int:
         print(f"{res['skipped']}; wrote {args.json}")
         return 0
     vol = res["xct_volume"]
+    assert isinstance(vol, dict)  # volume_time's summary
     print(
         f"gpu {res['device']}: seed-size XCT volume {vol['seconds_for_volume']} s ({vol['mpx_per_s']} Mpx/s)"
-    )  # type: ignore[index]
+    )
     return 0

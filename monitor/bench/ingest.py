@@ -213,7 +213,11 @@ def run_ingest_bench(
     for size in sizes or [2048, 512]:
         count = frames or DEFAULT_FRAMES.get(size, 500)
         cpu_ms = frame_stats_cpu_ms(size)
-        raw, loaded, full, ingest, accounted = [], [], [], [], []
+        raw: list[float] = []
+        loaded: list[float] = []
+        full: list[float] = []
+        ingest: list[float] = []
+        accounted: list[int] = []
         counts: dict[str, int] = {}
         raw_n = 0
         for _ in range(repeats):

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from monitor.frames import Disposition, Frame, Status
 from monitor.pipelines.base import Latency, Result
 
 
-def _per_call_us(fn, n: int) -> float:  # type: ignore[no-untyped-def]
+def _per_call_us(fn: Callable[[int], object], n: int) -> float:
     best = float("inf")
     for _ in range(5):
         t0 = time.perf_counter()

@@ -41,10 +41,17 @@ from dectris.compression import decompress
 from monitor.bench import host_info
 from monitor.config import SourceSettings
 from monitor.frames import Frame, IngestEvent
-from monitor.sim.stream2 import EIGER2_4M, detector_frames, detector_mask, image_message, start_message
+from monitor.sim.stream2 import (
+    EIGER2_4M,
+    SeriesIds,
+    detector_frames,
+    detector_mask,
+    image_message,
+    start_message,
+)
 from monitor.sources.stream2 import SeriesInfo, SeriesStart, Stream2Source, decode_stream2
 
-IDS = {"series_id": 1, "series_unique_id": "bench"}
+IDS: SeriesIds = {"series_id": 1, "series_unique_id": "bench"}
 
 
 def _messages(
@@ -53,7 +60,7 @@ def _messages(
     """The start message's series info, the start message, ``n`` image messages, their payloads."""
     mask = detector_mask(shape) if masked else None
     start = start_message(
-        **IDS, shape=shape, dtype="uint32", pixel_mask={"threshold_1": mask} if masked else None
+        **IDS, shape=shape, dtype="uint32", pixel_mask={"threshold_1": mask} if mask is not None else None
     )
     event = decode_stream2(start, source="bench")
     assert isinstance(event, SeriesStart)

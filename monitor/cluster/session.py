@@ -62,7 +62,8 @@ def start_replicas(s: PipelineSettings, c: ClusterSettings) -> list[Any]:
         max_concurrency=1,  # calls run in submission order: a keyed series stays in order
         scheduling_strategy="SPREAD",
     )
-    actors = [actor_cls.remote(s) for _ in range(s.replicas)]
+    # Actor handles (Any): ray types them as the class itself, whose methods lack ``.remote``.
+    actors: list[Any] = [actor_cls.remote(s) for _ in range(s.replicas)]
     try:
         infos = ray.get([a.info.remote() for a in actors], timeout=READY_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:

@@ -13,7 +13,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from monitor.aio import sleep_unless
+from monitor.aio import poll_async, sleep_unless
 from monitor.sources.array10 import CONTROL_HTYPES, DATA_HTYPE, DTYPES
 
 log = logging.getLogger("monitor.sim.array10")
@@ -156,7 +156,7 @@ def _add_patch(img: np.ndarray, patch: np.ndarray, cy: int, cx: int, full: float
 
 async def _send(sock: zmq.asyncio.Socket, parts: Sequence[bytes], stop: asyncio.Event | None) -> bool:
     """Send one message, waiting for room (PUSH blocks on slow peers); False if stopped first."""
-    while not await sock.poll(100, zmq.POLLOUT):
+    while not await poll_async(sock, 100, zmq.POLLOUT):
         if stop is not None and stop.is_set():
             return False
     await sock.send_multipart(parts, copy=False)

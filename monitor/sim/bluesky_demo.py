@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h5py
 import msgpack
@@ -40,7 +40,8 @@ import numpy as np
 from bluesky import RunEngine
 from bluesky import plans as bp
 from bluesky.callbacks.zmq import Proxy, Publisher
-from event_model import compose_resource
+from event_model import ComposeDatum, compose_resource
+from event_model.documents.run_start import RunStart
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.sim import NullStatus, new_uid
@@ -144,7 +145,7 @@ class SimHdf5Detector(Device):
         self._file: h5py.File | None = None
         self._dataset: h5py.Dataset | None = None
         self._resource_uid = ""
-        self._datum_factory: Callable[..., dict[str, Any]] | None = None
+        self._datum_factory: ComposeDatum | None = None
         self._point = itertools.count()
         self._assets: deque[tuple[str, dict[str, Any]]] = deque()
         self._reading: dict[str, dict[str, Any]] = {}
@@ -186,11 +187,12 @@ class SimHdf5Detector(Device):
             root=str(self.save_dir.resolve()),
             resource_path=name,
             resource_kwargs={"frame_per_point": 1},
-            start={"uid": "placeholder"},  # the RunEngine sets run_start when it emits the resource
+            # the RunEngine sets run_start when it emits the resource; only the uid is read here
+            start=cast(RunStart, {"uid": "placeholder"}),
         )
         resource = dict(bundle.resource_doc)
         resource.pop("run_start", None)
-        self._resource_uid = resource["uid"]
+        self._resource_uid = bundle.resource_doc["uid"]
         self._datum_factory = bundle.compose_datum
         self._assets.append(("resource", resource))
         return staged
@@ -322,8 +324,11 @@ def publish(
         per_step = _slow_step(delay_s) if delay_s > 0 else None
         for _ in range(scans):
             ramp = current_ramp(events, top_mA)
-            plan = bp.list_scan([det, pstat], pstat.current, ramp, md={"sample": sample}, per_step=per_step)
-            uids.extend(RE(plan))
+            # list_scan takes (motor, points) as flat *args; bluesky annotates them as tuples
+            plan = bp.list_scan([det, pstat], pstat.current, ramp, md={"sample": sample}, per_step=per_step)  # type: ignore[arg-type]
+            run_uids = RE(plan)
+            assert isinstance(run_uids, tuple)  # a RunEngine without call_returns_result
+            uids.extend(run_uids)
         time.sleep(0.2)  # let the PUB socket flush the last documents
     finally:
         publisher.close()

@@ -15,15 +15,16 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
 import zmq.asyncio
 
-from monitor.aio import sleep_unless
+from monitor.aio import poll_async, sleep_unless
 from monitor.config import (
     AlertSettings,
     DaemonSettings,
@@ -54,7 +55,7 @@ class DemoPart:
     sources: tuple[SourceSettings, ...]
     pipelines: tuple[PipelineSettings, ...]
     rules: tuple[RuleSettings, ...]
-    simulate: Callable[[asyncio.Event], Awaitable[int]]
+    simulate: Callable[[asyncio.Event], Coroutine[Any, Any, int]]
     """Runs the simulated detector until the event is set; returns the frames it sent."""
     describe: str = ""
 
@@ -185,7 +186,7 @@ async def simulate(endpoint: str, stop: asyncio.Event) -> int:
             msgs = [malformed(i)] if i and i % BAD_EVERY == 0 else []
             msgs.append(encode_array10(img, frame=i, stream="frames", series=series))
             for msg in msgs:
-                while not await sock.poll(100, zmq.POLLOUT):  # receiver slow or gone
+                while not await poll_async(sock, 100, zmq.POLLOUT):  # receiver slow or gone
                     if stop.is_set():
                         return sent
                 await sock.send_multipart(msg)

@@ -21,7 +21,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from monitor.aio import sleep_unless
+from monitor.aio import poll_async, sleep_unless
 from monitor.config import PipelineSettings, RuleSettings, SourceSettings
 from monitor.pipelines.early_warning_rule import rule_settings
 from monitor.sim.array10 import encode_array10, series_end, series_start
@@ -128,7 +128,7 @@ async def simulate_growth(
             elif delay > 0 and await sleep_unless(stop, delay):
                 break
             for msg in msgs:
-                while not await sock.poll(100, zmq.POLLOUT):
+                while not await poll_async(sock, 100, zmq.POLLOUT):
                     if stop.is_set():
                         return sent
                 await sock.send_multipart(msg)

@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TypedDict
 
 import cbor2
 import h5py
@@ -27,7 +28,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from monitor.aio import sleep_unless
+from monitor.aio import poll_async, sleep_unless
 from monitor.sim.array10 import synthetic_frames
 from monitor.sources.cbor_arrays import (
     TAG_DECTRIS_COMPRESSION,
@@ -104,6 +105,13 @@ def multi_dim_array(array: np.ndarray, compression: str = "bslz4") -> cbor2.CBOR
 
 def _dumps(message: dict[str, object]) -> bytes:
     return cbor2.dumps(cbor2.CBORTag(TAG_SELF_DESCRIBE, message))
+
+
+class SeriesIds(TypedDict):
+    """The two fields that name a series in every Stream V2 message."""
+
+    series_id: int
+    series_unique_id: str
 
 
 def start_message(
@@ -235,7 +243,7 @@ def detector_frames(
 
 
 async def _send(sock: zmq.asyncio.Socket, message: bytes, stop: asyncio.Event | None) -> bool:
-    while not await sock.poll(100, zmq.POLLOUT):
+    while not await poll_async(sock, 100, zmq.POLLOUT):
         if stop is not None and stop.is_set():
             return False
     await sock.send(message, copy=False)
@@ -269,7 +277,7 @@ async def run_simulator(
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
     uid = f"sim-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    ids = {"series_id": series_id, "series_unique_id": uid}
+    ids: SeriesIds = {"series_id": series_id, "series_unique_id": uid}
     mask = detector_mask(shape, seed=seed)
     sat = default_saturation(dtype)
     ctx = context if context is not None else zmq.asyncio.Context.instance()

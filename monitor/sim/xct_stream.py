@@ -21,7 +21,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from monitor.aio import sleep_unless
+from monitor.aio import poll_async, sleep_unless
 from monitor.config import PipelineSettings, RuleSettings, SourceSettings
 from monitor.sim.array10 import encode_array10, series_end, series_start
 from monitor.sim.demo import DemoPart
@@ -112,7 +112,7 @@ async def simulate_xct(
             elif delay > 0 and await sleep_unless(stop, delay):
                 break
             for msg in msgs:
-                while not await sock.poll(100, zmq.POLLOUT):
+                while not await poll_async(sock, 100, zmq.POLLOUT):
                     if stop.is_set():
                         return sent
                 await sock.send_multipart(msg)

@@ -61,7 +61,7 @@ def _blosc(data: memoryview, nbytes: int, itemsize: int) -> bytes:
         out = blosc2.decompress(bytes(data))
     except (RuntimeError, ValueError) as exc:
         raise FrameRejected("bad_compression", f"blosc chunk does not decode: {exc}") from None
-    return out  # type: ignore[return-value]
+    return out
 
 
 def bshuf_default_block_bytes(itemsize: int) -> int:

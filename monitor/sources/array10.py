@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
+from typing import TypeGuard
 
 import numpy as np
 import zmq
@@ -69,11 +70,11 @@ def _short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     try:
@@ -84,7 +85,7 @@ def _is_number(value: object) -> bool:
 
 def _bytes_view(part: object, what: str) -> memoryview:
     try:
-        view = memoryview(part)  # type: ignore[arg-type]
+        view = memoryview(part)  # type: ignore[arg-type]  # not a buffer: TypeError, handled below
         if view.ndim != 1 or view.format not in ("B", "b", "c"):
             view = view.cast("B")
     except TypeError as exc:
@@ -111,7 +112,7 @@ def _htype(header: Mapping[str, object]) -> tuple[str, bool]:
     """Return (htype, legacy); legacy: the pre-1.4 ADZMQ one-element list (shape in x,y order)."""
     raw = header.get("htype")
     legacy = isinstance(raw, list) and len(raw) == 1
-    value = raw[0] if legacy else raw  # type: ignore[index]
+    value = raw[0] if legacy else raw  # type: ignore[index]  # legacy: raw is a one-element list
     if value is None and "htype" not in header:
         raise FrameRejected("bad_htype", "header has no 'htype'")
     if not isinstance(value, str) or (value != DATA_HTYPE and value not in CONTROL_HTYPES):
@@ -132,11 +133,11 @@ def _frame_number(header: Mapping[str, object]) -> int:
     if "frame" not in header:
         return -1
     value = header["frame"]
-    if not _is_int(value) or not 0 <= value <= _INT64_MAX:  # type: ignore[operator]
+    if not _is_int(value) or not 0 <= value <= _INT64_MAX:
         raise FrameRejected(
             "bad_frame_number", f"'frame' must be a non-negative integer, got {_short(value)}"
         )
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _shape(header: Mapping[str, object], legacy: bool) -> tuple[int, int]:
@@ -176,15 +177,14 @@ def _meta(header: Mapping[str, object], repair: str = "") -> FrameMeta:
     values: dict[str, object] = {}
     for key in _FLOAT_META:
         if key in header:
-            if not _is_number(header[key]):
-                raise FrameRejected(
-                    "bad_metadata", f"'{key}' must be a finite number, got {_short(header[key])}"
-                )
-            values[key] = float(header[key])  # type: ignore[arg-type]
+            number = header[key]
+            if not _is_number(number):
+                raise FrameRejected("bad_metadata", f"'{key}' must be a finite number, got {_short(number)}")
+            values[key] = float(number)
     for key in _INT_META:
         if key in header:
             value = header[key]
-            if not _is_int(value) or not -_INT64_MAX <= value <= _INT64_MAX:  # type: ignore[operator]
+            if not _is_int(value) or not -_INT64_MAX <= value <= _INT64_MAX:
                 raise FrameRejected("bad_metadata", f"'{key}' must be an integer, got {_short(value)}")
             values[key] = value
     extra: Mapping[str, str | int | float | bool] = MappingProxyType({})
@@ -195,7 +195,7 @@ def _meta(header: Mapping[str, object], repair: str = "") -> FrameMeta:
         extra = MappingProxyType({k: v for k, v in ndattr.items() if isinstance(v, str | int | float | bool)})
     if repair:
         extra = MappingProxyType({**extra, repair: True})
-    return FrameMeta(extra=extra, **values)  # type: ignore[arg-type]
+    return FrameMeta(extra=extra, **values)  # type: ignore[arg-type]  # float/int fields, typed above
 
 
 def _timestamp(header: Mapping[str, object], default: float, epoch: str) -> float:
@@ -204,7 +204,7 @@ def _timestamp(header: Mapping[str, object], default: float, epoch: str) -> floa
     value = header["timeStamp"]
     if not _is_number(value):
         raise FrameRejected("bad_metadata", f"'timeStamp' must be a finite number, got {_short(value)}")
-    return to_unix_time(float(value), epoch, default)  # type: ignore[arg-type]
+    return to_unix_time(float(value), epoch, default)
 
 
 def _pixels(

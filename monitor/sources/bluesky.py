@@ -256,12 +256,12 @@ class BlueskySource:
                 rejected.append((exc, ev.seq_num))
         # One message, one disposition when it fails as a whole; a page counts each bad row.
         if rejected and not frames and len(rejected) == 1:
-            exc, seq = rejected[0]
-            await self._reject(exc, emit, t_received, seq)
+            first, seq = rejected[0]
+            await self._reject(first, emit, t_received, seq)
             return
         self.documents[name] += 1
-        for exc, seq in rejected:
-            await self._reject_row(exc, emit, t_received, seq)
+        for row_error, seq in rejected:
+            await self._reject_row(row_error, emit, t_received, seq)
         for frame in frames:
             await self._emit_frame(frame, info, emit)
 

@@ -363,13 +363,15 @@ def _uri_path(doc: Mapping[str, object]) -> str:
 def _pages(doc: Mapping[str, object], name: str, key: str) -> tuple[dict[str, list[object]], int]:
     columns = _map(doc, name, key)
     lengths = set()
+    pages: dict[str, list[object]] = {}
     for k, col in columns.items():
         if not isinstance(col, list | tuple | np.ndarray):
             raise _bad(name, f"{key}.{k}", "a column (list)", col)
         lengths.add(len(col))
+        pages[str(k)] = list(col)
     if len(lengths) > 1:
         raise FrameRejected("bad_document", f"{name}.{key} columns have different lengths {sorted(lengths)}")
-    return {str(k): list(v) for k, v in columns.items()}, (lengths.pop() if lengths else 0)
+    return pages, (lengths.pop() if lengths else 0)
 
 
 def to_document(name: str, doc: object) -> Document:

@@ -19,6 +19,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any, cast
 
 import cbor2
 import numpy as np
@@ -105,8 +106,8 @@ class UnsupportedTag(Exception):
 
 def _tag_hook(first: object, second: object) -> object:
     """cbor2 hook: wrap arrays lazily. cbor2 >= 6 calls ``(tag, immutable)``, 5.x ``(decoder, tag)``."""
-    tag = first if isinstance(first, cbor2.CBORTag) else second
-    number, value = tag.tag, tag.value  # type: ignore[union-attr]
+    tag = first if isinstance(first, cbor2.CBORTag) else cast(cbor2.CBORTag, second)  # 5.x: (decoder, tag)
+    number, value = tag.tag, tag.value
     if number == TAG_DECTRIS_COMPRESSION:
         if not isinstance(value, list | tuple) or len(value) != 3:
             raise UnsupportedTag("bad_compression", "tag 56500 content must be [algorithm, elem_size, bytes]")
@@ -163,12 +164,13 @@ def loads(message: bytes | memoryview, *, max_depth: int = 64, fast: bool = True
 
 
 @functools.cache
-def _cbor2_options(max_depth: int) -> dict[str, object]:
+def _cbor2_options(max_depth: int) -> dict[str, Any]:
     """The hardening options this cbor2 version accepts (``max_depth`` and hashable-key checks)."""
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     for key, value in (("max_depth", max_depth), ("strict_hashable_types", True)):
+        probe: dict[str, Any] = {key: value}
         try:
-            cbor2.loads(b"\xa0", **{key: value})  # type: ignore[arg-type]
+            cbor2.loads(b"\xa0", **probe)
         except TypeError:
             continue
         options[key] = value
@@ -305,7 +307,7 @@ def to_ndarray(value: object, *, max_bytes: int, what: str = "array") -> np.ndar
         raise FrameRejected("oversize", f"{what} of {list(dims)} x {dtype.name} exceeds {max_bytes} bytes")
     content = value.content.content
     owned = isinstance(content, CompressedBytes)
-    raw = _decompress(content, expected, what) if owned else content
+    raw = _decompress(content, expected, what) if isinstance(content, CompressedBytes) else content
     if len(raw) != expected:
         raise FrameRejected(
             "size_mismatch", f"{what} has {len(raw)} bytes; {list(dims)} x {dtype.name} needs {expected}"

@@ -61,7 +61,8 @@ def file_spec_paths(
     if spec == "AD_TIFF":
         point = _nonneg_int(datum_kwargs.get("point_number"), "AD_TIFF datum 'point_number'")
         fpp = resource_kwargs.get("frame_per_point", 1)
-        if _nonneg_int(fpp, "AD_TIFF 'frame_per_point'") < 1 or int(fpp) > 10_000:  # type: ignore[arg-type]
+        per_point = _nonneg_int(fpp, "AD_TIFF 'frame_per_point'")
+        if per_point < 1 or per_point > 10_000:
             raise FrameRejected("bad_datum", f"AD_TIFF frame_per_point must be 1..10000, got {fpp!r}")
         template, filename = resource_kwargs.get("template"), resource_kwargs.get("filename")
         if not isinstance(template, str) or not isinstance(filename, str):
@@ -69,7 +70,7 @@ def file_spec_paths(
         directory = os.path.join(base, "")
         try:
             return tuple(
-                template % (directory, filename, j) for j in range(point * int(fpp), (point + 1) * int(fpp))
+                template % (directory, filename, j) for j in range(point * per_point, (point + 1) * per_point)
             )
         except (TypeError, ValueError) as exc:
             raise FrameRejected("bad_datum", f"AD_TIFF template {template[:40]!r}: {exc}") from None

@@ -42,14 +42,14 @@ class MaskPlan:
             raise ValueError(f"a pixel mask is 2-D, got {bad.ndim}-D")
         count = int(np.count_nonzero(bad))
         if count == 0:
-            return cls(shape=bad.shape)  # type: ignore[arg-type]
+            return cls(shape=bad.shape)
         full_rows = bad.all(axis=1)
         full_cols = bad.all(axis=0)
         left = bad.copy()
         left[full_rows, :] = False
         left[:, full_cols] = False
         return cls(
-            shape=bad.shape,  # type: ignore[arg-type]
+            shape=bad.shape,
             rows=_runs(full_rows),
             cols=_runs(full_cols),
             rest=np.flatnonzero(left),

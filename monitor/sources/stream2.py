@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypedDict
 
 import numpy as np
 import zmq
@@ -146,7 +148,7 @@ def _decode_start(
     saturation = count_field(msg, "saturation_value")
     if saturation is None:
         saturation = count_field(msg, "countrate_correction_count_cutoff")  # EIGER1 name
-    mask_fields: dict[str, object] = {}
+    mask_fields: _MaskFields = {}
     mask_error = ""
     try:
         mask_fields = _pixel_mask(msg, routed, shape, max_frame_bytes)
@@ -174,9 +176,14 @@ def _decode_start(
     return SeriesStart(SeriesEvent(source, info.name, "start", t_received), info)
 
 
+class _MaskFields(TypedDict, total=False):
+    mask_index: np.ndarray
+    mask_plan: MaskPlan | None
+
+
 def _pixel_mask(
     msg: Mapping[str, object], channel: str, shape: tuple[int, int] | None, max_frame_bytes: int
-) -> dict[str, object]:
+) -> _MaskFields:
     """``mask_index`` and ``mask_plan`` of the routed channel's pixel mask (none: empty)."""
     masks = msg.get("pixel_mask")
     if masks is None:
@@ -210,6 +217,7 @@ def _invalid_above(dtype: np.dtype, info: SeriesInfo | None) -> float | None:
 def _decode_image(
     msg: Mapping[str, object],
     *,
+    index: int,
     source: str,
     channel: str,
     stream: str,
@@ -265,10 +273,11 @@ def _decode_image(
         stream=stream or routed,
         source=source,
         series=name,
-        index=msg["image_id"],  # type: ignore[arg-type]  (checked by the caller)
+        index=index,
         array=array,
         t_detector=t_detector,
         t_received=t_received,
+        # user_meta types each key it keeps to its FrameMeta field (cycle/step int, the rest float)
         meta=FrameMeta(extra=MappingProxyType(extra), **typed),  # type: ignore[arg-type]
     )
 
@@ -311,7 +320,7 @@ def decode_stream2(
         raise Stream2Rejected("bad_type", f"message 'type' must be text, got {short(kind)}")
     if kind == "image":
         index = msg.get("image_id")
-        if not is_int(index) or not 0 <= index < 2**63:  # type: ignore[operator]
+        if not is_int(index) or not 0 <= index < 2**63:
             raise Stream2Rejected(
                 "bad_image_id", f"'image_id' must be a non-negative integer, got {short(index)}"
             )
@@ -320,6 +329,7 @@ def decode_stream2(
             name = series_name(*ids_field(msg))
             return _decode_image(
                 msg,
+                index=index,
                 source=source,
                 channel=channel,
                 stream=stream,
@@ -330,7 +340,7 @@ def decode_stream2(
         except FrameRejected as exc:
             raise Stream2Rejected(
                 exc.reason, exc.detail, index=index, series=name, stream=stream or channel
-            ) from None  # type: ignore[arg-type]
+            ) from None
     try:
         if kind == "start":
             return _decode_start(
@@ -433,8 +443,9 @@ class Stream2Source:
 
     async def _decode(self, buffer: memoryview, t_received: float) -> Stream2Event:
         s = self.settings
-        args = (buffer,)
-        kwargs = dict(
+        decode = functools.partial(
+            decode_stream2,
+            buffer,
             source=self.name,
             channel=s.channel,
             stream=s.stream,
@@ -443,11 +454,11 @@ class Stream2Source:
             t_received=t_received,
         )
         if buffer.nbytes <= self._inline_bytes:
-            return decode_stream2(*args, **kwargs)  # type: ignore[arg-type]
+            return decode()
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stream2-{self.name}")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: decode_stream2(*args, **kwargs))  # type: ignore[arg-type]
+        return await loop.run_in_executor(self._executor, decode)
 
     async def _reject(self, exc: FrameRejected, t_received: float, emit: Emit) -> None:
         index = -1

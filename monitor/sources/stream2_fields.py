@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TypeGuard
 
 import numpy as np
 
@@ -28,7 +29,7 @@ def short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -51,19 +52,19 @@ def count_field(msg: Mapping[str, object], key: str) -> int | None:
     value = msg.get(key)
     if value is None:
         return None
-    if not is_int(value) or not 0 <= value < 2**63:  # type: ignore[operator]
+    if not is_int(value) or not 0 <= value < 2**63:
         raise FrameRejected("bad_metadata", f"'{key}' must be a non-negative integer, got {short(value)}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def ids_field(msg: Mapping[str, object]) -> tuple[int, str]:
     sid = msg.get("series_id", -1)
     uid = msg.get("series_unique_id", "")
-    if not is_int(sid) or not -1 <= sid < 2**63:  # type: ignore[operator]
+    if not is_int(sid) or not -1 <= sid < 2**63:
         raise FrameRejected("bad_series", f"'series_id' must be a non-negative integer, got {short(sid)}")
     if not isinstance(uid, str):
         raise FrameRejected("bad_series", f"'series_unique_id' must be text, got {short(uid)}")
-    return sid, uid  # type: ignore[return-value]
+    return sid, uid
 
 
 def rational_field(msg: Mapping[str, object], key: str) -> float | None:
@@ -133,11 +134,11 @@ def user_meta(user_data: object) -> tuple[dict[str, object], dict[str, str | int
             continue
         if key in TYPED_META and not isinstance(value, bool | str):
             if key in ("cycle", "step"):
-                if is_int(value) and abs(value) < 2**63:  # type: ignore[arg-type]
+                if is_int(value) and abs(value) < 2**63:
                     typed[key] = value
                 continue
-            if math.isfinite(value):  # type: ignore[arg-type]
-                typed[key] = float(value)  # type: ignore[arg-type]
+            if math.isfinite(value):
+                typed[key] = float(value)
             continue
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
             continue
@@ -148,9 +149,9 @@ def user_meta(user_data: object) -> tuple[dict[str, object], dict[str, str | int
 def error_value_field(msg: Mapping[str, object]) -> int | None:
     """Jungfraujoch's optional ``error_value`` (int64); anything else is ignored as absent."""
     value = msg.get("error_value")
-    if not is_int(value) or not -(2**63) <= value < 2**63:  # type: ignore[operator]
+    if not is_int(value) or not -(2**63) <= value < 2**63:
         return None
-    return value  # type: ignore[return-value]
+    return value
 
 
 def clean_error_value(

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import zmq
 import zmq.asyncio
 
+from monitor.aio import poll_async
 from monitor.config import SourceSettings
 from monitor.errors import SourceError
 
@@ -59,11 +61,11 @@ class PeerEvents:
     went away (libzmq reports both as a disconnect). Non-blocking; call :meth:`poll` from the
     receive loop."""
 
-    def __init__(self, sock: zmq.Socket) -> None:  # type: ignore[type-arg]
+    def __init__(self, sock: zmq.Socket[Any]) -> None:
         self._sock = sock
         mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._mon = mon
-        self._direct = zmq.Socket.shadow(mon.underlying)
+        self._direct: zmq.SyncSocket = zmq.Socket.shadow(mon.underlying)
         self.disconnects = 0
 
     def poll(self) -> int:
@@ -138,7 +140,7 @@ class ZmqReceiver:
 
     async def run(self, handle: Callable[[list[zmq.Frame]], Awaitable[None]], stop: asyncio.Event) -> None:
         sock = self._sock
-        direct = zmq.Socket.shadow(sock.underlying)
+        direct: zmq.SyncSocket = zmq.Socket.shadow(sock.underlying)
         peers = PeerEvents(sock)
         try:
             while not stop.is_set():
@@ -148,7 +150,7 @@ class ZmqReceiver:
                         "ZMQ_MAXMSGSIZE, disconnects its sender)",
                         self.name, peers.disconnects, self._max_bytes,
                     )  # fmt: skip
-                if not await sock.poll(self._poll_ms, zmq.POLLIN):
+                if not await poll_async(sock, self._poll_ms, zmq.POLLIN):
                     continue
                 for _ in range(self._burst):
                     try:

@@ -164,8 +164,24 @@ def encode_str(text: str, size: int) -> bytes:
     return raw[:size].decode("utf-8", errors="ignore").encode("utf-8")
 
 
+def field_names(dtype: np.dtype) -> tuple[str, ...]:
+    """A structured dtype's field names (numpy types ``names`` as optional: None when unstructured)."""
+    names = dtype.names
+    if names is None:
+        raise TypeError(f"{dtype} is not a structured dtype")
+    return names
+
+
+def field_size(dtype: np.dtype, field: str) -> int:
+    """The item size in bytes of one field of a structured dtype."""
+    fields = dtype.fields
+    if fields is None:
+        raise TypeError(f"{dtype} is not a structured dtype")
+    return fields[field][0].itemsize
+
+
 def encode_column(values: list[str], dtype: np.dtype, field: str) -> np.ndarray:
-    size = dtype.fields[field][0].itemsize
+    size = field_size(dtype, field)
     return np.array([encode_str(v, size) for v in values], dtype=f"S{size}")
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, TracebackType
+from typing import Any
 
 import h5py
 import numpy as np
@@ -240,9 +241,9 @@ class RunReader:
         ints = {"received", "processed", "skipped", "rejected", "failed", "queue_depth", "upstream_gaps"}
         out: list[TelemetrySnapshot] = []
         for r in self.telemetry_rows():
-            fields = {
+            fields: dict[str, Any] = {  # int or float, as the snapshot's field is
                 n: (int(r[n]) if n in ints else float(r[n]))
-                for n in L.TELEMETRY_DTYPE.names
+                for n in L.field_names(L.TELEMETRY_DTYPE)
                 if n != "by_reason"
             }
             rejected, skipped = L.decode_by_reason(bytes(r["by_reason"]))

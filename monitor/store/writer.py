@@ -254,10 +254,10 @@ class RunStore:
         if not snaps:
             return
         out = np.zeros(len(snaps), dtype=L.TELEMETRY_DTYPE)
-        for col in L.TELEMETRY_DTYPE.names:
+        for col in L.field_names(L.TELEMETRY_DTYPE):
             if col != "by_reason":
                 out[col] = [getattr(s, col) for s in snaps]
-        size = L.TELEMETRY_DTYPE.fields["by_reason"][0].itemsize
+        size = L.field_size(L.TELEMETRY_DTYPE, "by_reason")
         out["by_reason"] = [
             L.encode_by_reason(s.rejected_by_reason, s.skipped_by_reason, size) for s in snaps
         ]
