@@ -19,9 +19,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-CLASSES = ("electrode", "electrolyte", "dendrite", "redeposit", "pit")
-ELECTRODE, ELECTROLYTE, DENDRITE, REDEPOSIT, PIT = range(5)
-N_CLASSES = len(CLASSES)
+from engines.prep.xct_classes import (  # noqa: F401 - re-exported: the generator's ground truth
+    CLASSES,
+    DENDRITE,
+    ELECTRODE,
+    ELECTROLYTE,
+    N_CLASSES,
+    PIT,
+    REDEPOSIT,
+)
 
 # Linear attenuation, arbitrary units: porous Li dendrites are the lowest-attenuating solid.
 _LEVEL = np.array([0.40, 0.68, 0.26, 0.53, 0.08], dtype=np.float32)

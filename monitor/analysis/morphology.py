@@ -1,6 +1,6 @@
 """Morphology of a segmented XCT slice: volume fractions, components, dendrite penetration.
 
-Class ids follow :data:`engines.synth.xct.CLASSES` (0 electrode, 1 electrolyte, 2 dendrite,
+Class ids follow :data:`engines.prep.xct_classes.CLASSES` (0 electrode, 1 electrolyte, 2 dendrite,
 3 redeposited Li, 4 pit). Rows ``y`` cross the cell: top electrode, electrolyte gap, bottom
 electrode. The *gap* is every pixel that is neither electrode nor pit; per column its first and
 last rows are the two interfaces (median-filtered along x against stray pixels).
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from engines.synth.xct import CLASSES, DENDRITE, ELECTRODE, N_CLASSES, PIT
+from engines.prep.xct_classes import CLASSES, DENDRITE, ELECTRODE, N_CLASSES, PIT
 
 EIGHT = np.ones((3, 3), bool)
 

@@ -2,7 +2,7 @@
 
 Each slice (any size) is normalised by its percentiles (the models' convention), predicted by
 overlapping tiles with blended seams (``engines.tiling``; tile settings from the manifest unless
-overridden in ``options``), and reduced to a label map (:data:`engines.synth.xct.CLASSES`).
+overridden in ``options``), and reduced to a label map (:data:`engines.prep.xct_classes.CLASSES`).
 From the map (``monitor.analysis.morphology``):
 
 * ``vf_<class>``: area (volume) fraction of the slice per class;
@@ -39,10 +39,10 @@ import numpy as np
 
 from engines.errors import EngineError
 from engines.ood import OodStats, SeriesOod
+from engines.prep.xct_classes import CLASSES, DENDRITE, PIT, REDEPOSIT
 from engines.registry import load_manifest
 from engines.runtime import create_runner
 from engines.seg_ood import manifest_stats, slice_features
-from engines.synth.xct import CLASSES, DENDRITE, PIT, REDEPOSIT
 from engines.tiling import TileSpec, full_predict, labels_from_probs, normalise_slice, tiled_predict
 from monitor.analysis.morphology import CumulativeVolume, slice_morphology
 from monitor.config import PipelineSettings, parse_options
