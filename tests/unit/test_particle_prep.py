@@ -113,3 +113,9 @@ def test_block_factor_keeps_frame_size_factor_at_training_scale() -> None:
     assert block_factor(130.0, (460, 460)) == 6  # 32.5 px at factor 4: too big
     assert block_factor(80.0, (2048, 2048)) == 4  # 5 px at the frame-size factor 16: too small
     assert block_factor(300.0, (2048, 2048)) == 16  # 18.75 px at 16: trained scale
+
+
+def test_block_factor_prefers_the_factor_in_use() -> None:
+    assert block_factor(57.0, (460, 460), prefer=4) == 4
+    assert block_factor(57.0, (460, 460), prefer=3) == 3
+    assert block_factor(65.0, (460, 460), prefer=2) == 4  # 32.5 px at 2: out; the frame-size 4 fits
