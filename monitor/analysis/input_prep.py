@@ -150,9 +150,7 @@ class SeriesInput:
         measured = instance_diameter(labels) * factor
         if not np.isfinite(measured):
             return False
-        new = self.fixed_factor or block_factor(
-            measured, (int(shape[0]), int(shape[1])), self.target_px, prefer=d.factor
-        )
+        new = self.fixed_factor or block_factor(measured, (int(shape[0]), int(shape[1])), self.target_px)
         self.decision = dataclasses.replace(d, diameter_px=measured, factor=new)
         log.info(
             "pipeline %s: series %s: particle diameter %.0f px (network instances; estimate %.0f) → "
