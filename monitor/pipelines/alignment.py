@@ -205,6 +205,8 @@ class AlignmentPipeline:
         self._scalar_names = FRAME_SCALARS + particle_scalar_names(o.max_particles)
         self._shift = ShiftTracker(9)
         self.network_calls = 0
+        self.scale_redetections = 0
+        """Series whose first frame was detected again at the block factor its instances gave."""
 
     # -- schema -------------------------------------------------------------------------
     def schema(self) -> ResultSchema:
@@ -301,6 +303,7 @@ class AlignmentPipeline:
         for j in redo:
             prepared[j] = self._prepare(prepared[j][0], prepared[j][4])
         again = [j for j in redo if j in need]
+        self.scale_redetections += 1
         for j, lab in zip(again, self.detect_labels([prepared[j][2] for j in again]), strict=True):
             labels[j] = lab
 
