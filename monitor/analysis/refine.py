@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from skimage.registration import phase_cross_correlation
+from scipy.fft import fftfreq, fftn, ifftn
 
 from monitor.analysis.particles import ParticleROI
 from monitor.analysis.registration import aligned_crop
@@ -88,6 +88,43 @@ def _texture(p: np.ndarray, win: np.ndarray) -> float:
     return float(np.sqrt(np.mean(hp[inner] ** 2))) / max(whole, 1e-9)
 
 
+def _upsampled_dft(data: np.ndarray, size: int, upsample: float, offsets: np.ndarray) -> np.ndarray:
+    """``size``² samples of the DFT of ``data`` upsampled ``upsample`` times, from ``offsets``
+    (``skimage.registration._phase_cross_correlation._upsampled_dft``, by ``einsum``: no BLAS
+    call, whose idle worker threads spin for ~0.1 s after each call and took a core per frame)."""
+    k = [
+        np.exp(-2j * np.pi * (np.arange(size) - off)[:, None] * fftfreq(n, upsample)).astype(data.dtype)
+        for n, off in zip(data.shape, offsets, strict=True)
+    ]
+    return np.einsum("am,bm->ab", k[0], np.einsum("bn,mn->bm", k[1], data))
+
+
+def phase_shift(reference: np.ndarray, moving: np.ndarray, upsample: int) -> tuple[np.ndarray, float]:
+    """(shift, error) as ``skimage.registration.phase_cross_correlation(reference, moving,
+    upsample_factor=upsample, normalization=None)`` (Guizar-Sicairos et al. 2008) returns them."""
+    src, tgt = fftn(reference), fftn(moving)
+    product = src * tgt.conj()
+    cc = ifftn(product)
+    shape = np.array(src.shape)
+    peak = np.unravel_index(int(np.argmax(np.abs(cc))), cc.shape)
+    shift = np.array(peak, np.float64)
+    wrap = shift > np.trunc(shape / 2)
+    shift[wrap] -= shape[wrap]
+    up = float(upsample)
+    shift = np.round(shift * up) / up
+    size = int(np.ceil(up * 1.5))
+    centre = np.trunc(size / 2.0)
+    cc = _upsampled_dft(product.conj(), size, up, centre - shift * up).conj()
+    peak = np.unravel_index(int(np.argmax(np.abs(cc))), cc.shape)
+    ccmax = cc[peak]
+    shift = shift + (np.array(peak, np.float64) - centre) / up
+    amp = float(np.sum(np.real(src * src.conj()))) * float(np.sum(np.real(tgt * tgt.conj())))
+    if amp <= 0:
+        return shift, 1.0
+    err = float(np.sqrt(abs(1.0 - float(np.real(ccmax * ccmax.conj())) / amp)))
+    return shift, err
+
+
 class ParticleRefiner:
     """Reference patches per track id; :meth:`refine` one particle of a frame."""
 
@@ -147,9 +184,7 @@ class ParticleRefiner:
         quality = max(0.0, float(np.sum(cur * ref.patch)) / den)
         if not self.apply or ref.texture < self.min_texture:
             return Refinement(0.0, 0.0, quality, False)
-        shift, err, _ph = phase_cross_correlation(
-            cur, ref.patch, upsample_factor=self.upsample, normalization=None
-        )
+        shift, err = phase_shift(cur, ref.patch, self.upsample)
         # Both crops are centred on their centre of mass: ``shift`` is what the centre of mass
         # missed (the pattern moved by that much more than the centre of mass says). skimage's
         # error is sqrt(1 - |CC_max|² / (E_ref E_mov)): the normalised correlation at the peak.

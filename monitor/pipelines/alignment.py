@@ -206,6 +206,8 @@ class AlignmentPipeline:
         self._scalar_names = FRAME_SCALARS + particle_scalar_names(o.max_particles)
         self._shift = ShiftTracker(9)
         self.network_calls = 0
+        self.scale_redetections = 0
+        """Series whose first frame was detected again at the block factor its instances gave."""
 
     # -- schema -------------------------------------------------------------------------
     def schema(self) -> ResultSchema:
@@ -250,10 +252,7 @@ class AlignmentPipeline:
             arr, flag = check_frame(frame.array)
             if flag != INPUT_CONSTANT:
                 self.input.decide((frame.series, frame.meta.extra.get("sample"), arr.shape), arr)
-            f = self.network_factor(arr.shape)
-            raw = downsample(arr, f)
-            small = self.input.network_input(raw) if self.input.decision else np.zeros_like(raw)
-            prepared.append((arr, f, small, raw, flag))
+            prepared.append(self._prepare(arr, flag))
         need = [i for i in range(len(frames)) if self._needs_detection(frames[i], i)]
         labels_by_frame: dict[int, np.ndarray] = {}
         for i in list(need):  # nothing but noise (or a constant frame): no particles, no network call
@@ -267,6 +266,7 @@ class AlignmentPipeline:
                 idx = [i for i in need if prepared[i][2].shape == shape]
                 for i, lab in zip(idx, self.detect_labels([prepared[i][2] for i in idx]), strict=True):
                     labels_by_frame[i] = lab
+            self._confirm_scale(frames, prepared, need, labels_by_frame)
         results = []
         for i, frame in enumerate(frames):
             arr, f, small, raw, flag = prepared[i]
@@ -276,6 +276,37 @@ class AlignmentPipeline:
             Result(r.pipeline, r.frame, r.scalars, r.arrays, Latency(compute=dt, batch_size=len(frames)))
             for r in results
         ]
+
+    def _prepare(self, arr: np.ndarray, flag: int) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, int]:
+        f = self.network_factor(arr.shape)
+        raw = downsample(arr, f)
+        small = self.input.network_input(raw) if self.input.decision else np.zeros_like(raw)
+        return arr, f, small, raw, flag
+
+    def _confirm_scale(
+        self, frames: Sequence[Frame], prepared: list, need: list[int], labels: dict[int, np.ndarray]
+    ) -> None:
+        """First network pass of a series with an estimated diameter: if the instances' diameter
+        gives another block factor, prepare this batch's frames of that series again and detect
+        once more (once per series)."""
+        if not self.input.unconfirmed:
+            return
+        i = min(need)
+        arr, f = prepared[i][0], prepared[i][1]
+        if not self.input.confirm(labels[i], f, arr.shape):
+            return
+        same = (frames[i].series, arr.shape, f)
+        redo = [
+            j
+            for j in range(i, len(frames))
+            if (frames[j].series, prepared[j][0].shape, prepared[j][1]) == same
+        ]
+        for j in redo:
+            prepared[j] = self._prepare(prepared[j][0], prepared[j][4])
+        again = [j for j in redo if j in need]
+        self.scale_redetections += 1
+        for j, lab in zip(again, self.detect_labels([prepared[j][2] for j in again]), strict=True):
+            labels[j] = lab
 
     def _needs_detection(self, frame: Frame, i: int) -> bool:
         if not self._rois or frame.series != self._series or i > 0 or self.tracker.missing_now:

@@ -96,3 +96,34 @@ def test_a_lost_track_is_refound_by_appearance_beyond_the_gate() -> None:
     assert tr.found_total == 1 and not upd.started
     upd = tr.update(np.array([[50.0, 68.0], [150.0, 150.0], [100.0, 30.0]]), [a, b, rng.random((24, 24))])
     assert upd.started  # a detection that looks like no track starts a new one
+
+
+def _discs(shape: tuple[int, int], diameter: float, step: int) -> np.ndarray:
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    lab = np.zeros(shape, np.int32)
+    k = 0
+    for cy in range(step // 2, shape[0] - step // 2, step):
+        for cx in range(step // 2, shape[1] - step // 2, step):
+            k += 1
+            lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= (diameter / 2) ** 2] = k
+    return lab
+
+
+def test_series_scale_confirmed_by_network_instances() -> None:
+    """The granulometry's estimate sets the first block factor; the first network pass's
+    instance diameter corrects it, once per series."""
+    from monitor.analysis.input_prep import SeriesInput, instance_diameter
+
+    frame = np.where(_discs((460, 460), 40, 90) > 0, 300.0, 1000.0).astype(np.float32)
+    si = SeriesInput("transmission", 0.0, 0, 20.0, "t")
+    d = si.decide(("s", None, frame.shape), frame)
+    assert d.factor == 2 and si.unconfirmed, d
+    labels = _discs((230, 230), 38, 70)  # network instances at factor 2: 76 px particles
+    assert abs(instance_diameter(labels) - 38) < 1.5
+    assert si.confirm(labels, 2, frame.shape) is True
+    assert si.decision is not None and si.decision.factor == 4
+    assert abs(si.decision.diameter_px - 76) < 3
+    assert si.confirm(labels, 4, frame.shape) is False  # once per series
+    fixed = SeriesInput("transmission", 0.0, 3, 20.0, "t")
+    fixed.decide(("s", None, frame.shape), frame)
+    assert fixed.confirm(labels, 3, frame.shape) is False and fixed.decision.factor == 3  # type: ignore[union-attr]

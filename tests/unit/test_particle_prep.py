@@ -103,3 +103,15 @@ def test_rois_flag_particles_cut_by_the_field_edge() -> None:
     low[disc(low.shape, 2, 10, 5)] = 2  # reaches the top edge
     rois = {r.label: r for r in particle_rois(low, 4, (160, 200))}
     assert not rois[1].edge_cut and rois[2].edge_cut
+
+
+def test_block_factor_keeps_frame_size_factor_at_training_scale() -> None:
+    """Particles at a trained scale keep the frame-size factor (no flip between 3, 4 and 5 as
+    the estimate scatters); outside it the factor follows the diameter."""
+    assert [block_factor(d, (460, 460)) for d in (66.0, 70.0, 80.0, 97.0)] == [4] * 4
+    assert block_factor(58.0, (460, 460)) == 3  # 14.5 px at factor 4: below 16 → 2.9 → 3
+    assert block_factor(110.0, (460, 460)) == 6  # 27.5 px at factor 4: above 25
+    assert block_factor(50.0, (460, 460)) == 2  # 12.5 px at factor 4: too small → 2.5 → 2
+    assert block_factor(130.0, (460, 460)) == 6  # 32.5 px at factor 4: too big
+    assert block_factor(80.0, (2048, 2048)) == 4  # 5 px at the frame-size factor 16: too small
+    assert block_factor(300.0, (2048, 2048)) == 16  # 18.75 px at 16: trained scale
