@@ -77,7 +77,7 @@ def make_real_sample(seed: int) -> Sample:
     random scale: particles 9–36 px across at the network input (the block factor the monitor
     picks from an estimated diameter lands them near 20 px, the estimate is not exact), drawn
     at 1–4× that resolution and block-averaged like the monitor does."""
-    from engines.models.particle_prep import normalise as normalise_as
+    from engines.prep.particle_prep import normalise as normalise_as
     from engines.synth.txm_real import real_like
 
     rng = np.random.default_rng(seed)

@@ -1,7 +1,7 @@
 """Per-series input conventions for the alignment pipeline: contrast, particle scale, bad frames.
 
 :class:`SeriesInput` decides once per series (or per new sample / frame shape) which way the
-particles go (``options.contrast``; ``auto``: :func:`engines.models.particle_prep.detect_contrast`)
+particles go (``options.contrast``; ``auto``: :func:`engines.prep.particle_prep.detect_contrast`)
 and how big they are (``options.particle_diameter_px``; 0: granulometry of that first frame),
 logs the decision once, and turns each frame into
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.models.particle_prep import block_factor, detect_contrast, estimate_diameter, normalise
+from engines.prep.particle_prep import block_factor, detect_contrast, estimate_diameter, normalise
 
 log = logging.getLogger("monitor.analysis.input_prep")
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.models.particle_net import downsample, pad_to_multiple, split_instances
-from engines.models.particle_prep import (
+from engines.prep.particle_prep import (
     TRAINING_DIAMETER_PX,
     block_factor,
     detect_contrast,
     estimate_diameter,
     normalise,
 )
+from engines.prep.particles import downsample, pad_to_multiple, split_instances
 from engines.registry import Manifest, load_manifest
 from engines.runtime import create_runner
 from engines.runtime.base import BaseRunner

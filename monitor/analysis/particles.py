@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import expand_labels
 
-from engines.models.particle_net import split_instances
+from engines.prep.particles import split_instances
 
 _CROSS = ndimage.generate_binary_structure(2, 1)
 

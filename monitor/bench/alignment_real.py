@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from engines.models.particle_prep import density
+from engines.prep.particle_prep import density
 from engines.synth.txm_real import RealStack, real_like, real_stack
 from engines.train.alignment_data import REAL_BENCH_SEED0
 from monitor.analysis.registration import phase_correlation_shift

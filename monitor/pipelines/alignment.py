@@ -32,8 +32,8 @@ from typing import Literal
 import numpy as np
 
 from engines.errors import EngineError
-from engines.models.particle_net import downsample, pad_to_multiple
-from engines.models.particle_prep import TRAINING_DIAMETER_PX
+from engines.prep.particle_prep import TRAINING_DIAMETER_PX
+from engines.prep.particles import downsample, pad_to_multiple
 from engines.registry import load_manifest
 from engines.runtime import create_runner
 from monitor.analysis.input_prep import (

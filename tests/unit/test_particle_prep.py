@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engines.models.particle_net import instance_targets, split_instances
-from engines.models.particle_prep import block_factor, detect_contrast, estimate_diameter, normalise
+from engines.prep.particle_prep import block_factor, detect_contrast, estimate_diameter, normalise
 from engines.synth.txm_real import real_like
 from engines.synth.txm_xanes import random_frame
 from monitor.analysis.particles import particle_rois
