@@ -71,10 +71,7 @@ def _particle(rng: np.random.Generator, r: float, slice_mode: bool) -> tuple[np.
         rr += rng.uniform(0.0, 0.08 / (k - 1) ** 0.5) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
     rt = r * rr
     mask = d < rt
-    if slice_mode:
-        dens = np.ones_like(d)
-    else:
-        dens = np.sqrt(np.clip(rt**2 - d**2, 0, None)) / r
+    dens = np.ones_like(d) if slice_mode else np.sqrt(np.clip(rt**2 - d**2, 0, None)) / r
     g, bnd = _grains(rng, mask, rng.uniform(0.12, 0.3) * r + 2)
     dens = dens * g
     dens = np.where(bnd, dens * rng.uniform(0.55, 0.85), dens)

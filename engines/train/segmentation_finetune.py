@@ -157,7 +157,7 @@ def finetune(
         "command": f"operando-monitor finetune segmentation --data {data} --method {method} --seed {seed}",
         "seed": seed,
         "method": chosen,
-        "methods": {k: {kk: vv for kk, vv in v.items()} for k, v in scores.items()},
+        "methods": {k: dict(v.items()) for k, v in scores.items()},
         "data": {
             "directory": str(data),
             "sha256": digest,

@@ -86,7 +86,7 @@ class JournalSink:
     def __init__(self, path: str | Path, fsync: bool = True) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open, closed in close()
         self._fsync = fsync
 
     def emit(self, event: AlarmEvent) -> None:

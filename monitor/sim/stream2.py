@@ -296,7 +296,7 @@ async def run_simulator(
             return 0
         start = start_message(
             **ids, shape=shape, dtype=dtype, channels=channels, number_of_images=count or 0,
-            saturation_value=sat, pixel_mask={c: mask for c in channels}, compression=compression,
+            saturation_value=sat, pixel_mask=dict.fromkeys(channels, mask), compression=compression,
         )  # fmt: skip
         if not await _send(sock, start, stop):
             return 0

@@ -100,11 +100,14 @@ def as_image(value: object, max_bytes: int, dtype_numpy: str = "") -> np.ndarray
         except ValueError as exc:  # ragged nested lists
             raise FrameRejected("bad_image", f"image is not a regular array: {exc}") from None
         dtype = _list_dtype(dtype_numpy)
-        if dtype is not None and array.dtype.kind in "biu" and array.size:
-            if np.can_cast(np.min_scalar_type(array.max()), dtype) and np.can_cast(
-                np.min_scalar_type(array.min()), dtype
-            ):
-                array = array.astype(dtype)
+        if (
+            dtype is not None
+            and array.dtype.kind in "biu"
+            and array.size
+            and np.can_cast(np.min_scalar_type(array.max()), dtype)
+            and np.can_cast(np.min_scalar_type(array.min()), dtype)
+        ):
+            array = array.astype(dtype)
     else:
         raise FrameRejected("bad_image", f"image value is a {type(value).__name__}, not an array")
     while array.ndim > 2 and array.shape[0] == 1:

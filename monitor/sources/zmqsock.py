@@ -9,6 +9,7 @@ rejected by the decoder as ``oversize`` with a row.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -83,10 +84,8 @@ class PeerEvents:
         return new
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(zmq.ZMQError):  # the socket is already closed
             self._sock.disable_monitor()
-        except zmq.ZMQError:
-            pass  # the socket is already closed
         self._mon.close(linger=0)
 
 

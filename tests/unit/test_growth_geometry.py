@@ -47,7 +47,15 @@ def test_robust_t_star_ignores_a_flicker_and_finds_a_persistent_crossing() -> No
 
 @pytest.mark.parametrize("geometry", ["planar", "point"])
 def test_order_parameter_low_for_compact_high_for_dendritic(geometry: str) -> None:
-    kw = dict(geometry=geometry, size=48, delta=6, per_frame=30, n_frames=28, walkers=200, render_size=64)
+    kw = {
+        "geometry": geometry,
+        "size": 48,
+        "delta": 6,
+        "per_frame": 30,
+        "n_frames": 28,
+        "walkers": 200,
+        "render_size": 64,
+    }
     compact, dendritic = simulate_geo([GeoSpec(1, da_start=0.01, **kw), GeoSpec(2, da_start=1.0, **kw)])
     assert compact.images.shape[1:] == (64, 64)
     late = slice(ORDER_WINDOW + 2, None)
