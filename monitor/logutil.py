@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import Counter
 
@@ -32,3 +33,14 @@ class RateLimitedLog:
         for key, n in sorted(self._suppressed.items()):
             self._logger.warning("%s: %d more '%s' %s not logged individually", prefix, n, key, self._what)
         self._suppressed.clear()
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Bokeh/tornado access logs are noise in a control room console.
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    logging.getLogger("bokeh").setLevel(logging.WARNING)
