@@ -145,8 +145,8 @@ class ZmqReceiver:
             while not stop.is_set():
                 if peers.poll():
                     log.warning(
-                        "source %r: a sender disconnected (%d so far; a message part over %d bytes, "
-                        "ZMQ_MAXMSGSIZE, disconnects its sender)",
+                        "source %r: a sender disconnected (%d so far: a sender that stopped, or one "
+                        "whose message part exceeded ZMQ_MAXMSGSIZE = %d bytes)",
                         self.name, peers.disconnects, self._max_bytes,
                     )  # fmt: skip
                 if not await poll_async(sock, self._poll_ms, zmq.POLLIN):
