@@ -78,10 +78,13 @@ class SourceSettings:
     Frames get ``stream`` as stream name, or the channel name when ``stream`` is empty."""
 
 
+PipelineKind = Literal["frame_stats", "early_warning", "segmentation", "alignment"]
+
+
 @dataclass(frozen=True)
 class PipelineSettings:
     name: str
-    kind: Literal["frame_stats", "early_warning", "segmentation", "alignment"]
+    kind: PipelineKind
     streams: tuple[str, ...] = ("frames",)
     queue_size: int = 8
     policy: Literal["drop_oldest", "block"] = "drop_oldest"

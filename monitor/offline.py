@@ -12,6 +12,7 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard, get_args
 
 from tqdm import tqdm
 
@@ -19,6 +20,7 @@ from monitor.config import (
     AlertSettings,
     DashboardSettings,
     MonitorConfig,
+    PipelineKind,
     PipelineSettings,
     RuleSettings,
     SourceSettings,
@@ -70,6 +72,10 @@ def parse_option_args(items: list[str] | None) -> dict[str, bool | int | float |
     return out
 
 
+def is_pipeline_kind(name: str) -> TypeGuard[PipelineKind]:
+    return name in get_args(PipelineKind)
+
+
 def replay_config(
     inp: Path,
     pipeline: str,
@@ -82,6 +88,8 @@ def replay_config(
     model: str = "",
     weights_dir: str = "",
 ) -> MonitorConfig:
+    if not is_pipeline_kind(pipeline):
+        raise MonitorError(f"unknown pipeline {pipeline!r} (available: {', '.join(get_args(PipelineKind))})")
     return MonitorConfig(
         run=out.stem,
         sources=(
@@ -91,7 +99,7 @@ def replay_config(
         ),
         # "block": offline nothing is skipped, the reader waits for the pipeline.
         pipelines=(
-            PipelineSettings(  # type: ignore[arg-type]
+            PipelineSettings(
                 name=pipeline,
                 kind=pipeline,
                 policy="block",
@@ -184,7 +192,9 @@ def replay_file(
         weights_dir=weights_dir,
     )
     if options or model or weights_dir:  # checked like [pipelines], before anything is written
-        build_pipeline(cfg.pipelines[0]).close()
+        closer = getattr(build_pipeline(cfg.pipelines[0]), "close", None)
+        if callable(closer):  # only pipelines that hold a runner have close() (alignment)
+            closer()
     if out.exists():
         out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -102,7 +102,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g = sub.add_parser("segment", help="segment one slice offline: full-resolution class-id mask + metrics")
     g.add_argument("image", help="TIFF/PNG/BMP/JPEG image or HDF5 file")
     g.add_argument("--dataset", default=None, help="HDF5 dataset path")

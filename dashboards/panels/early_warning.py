@@ -14,11 +14,14 @@ import html
 
 import numpy as np
 from bokeh.layouts import column, row
-from bokeh.models import BoxAnnotation, ColumnDataSource, Div, LinearColorMapper, Range1d, Span, UIElement
+from bokeh.models import ColumnDataSource, LinearColorMapper, Range1d
+from bokeh.models.annotations import BoxAnnotation, Span
+from bokeh.models.ui import UIElement
+from bokeh.models.widgets import Div
 from bokeh.plotting import figure
 
 from dashboards.panels.frame import auto_contrast, image_data
-from dashboards.panels.style import SECTION_STYLE, SEVERITY_COLORS, TEXT_MUTED, heading, number
+from dashboards.panels.style import SECTION_STYLE, SEVERITY_COLORS, TEXT_MUTED, heading, number, plot_title
 from monitor.alerts.model import Severity
 from monitor.live import LivePoint, LiveState
 
@@ -87,20 +90,22 @@ class EarlyWarningPanel:
         self.frame = figure(
             name="early_warning_image", css_classes=["om-ew-image"], title="waiting for growth frames…",
             width=IMAGE_PX, height=IMAGE_PX,
-            x_range=Range1d(0, 1), y_range=Range1d(1, 0), tools="pan,wheel_zoom,reset", toolbar_location=None,
+            x_range=Range1d(start=0, end=1), y_range=Range1d(start=1, end=0),
+            tools="pan,wheel_zoom,reset", toolbar_location=None,
         )  # fmt: skip
-        self.frame.image(
+        # Image glyphs take a color_mapper; bokeh's GlyphAPI.image stub leaves it out
+        self.frame.image(  # type: ignore[call-arg]
             image="image", x="x", y="y", dw="dw", dh="dh", source=self.image, color_mapper=self.mapper
         )
         self.frame.grid.visible = False
         self.frame.axis.visible = False
-        self.frame.title.text_font_size = "13px"
+        plot_title(self.frame).text_font_size = "13px"
         self.major, hyst, self.min_count = configured_threshold(live, pipeline)
         self.clear = self.major - hyst
         self.series = ColumnDataSource(timeline([]), name="early_warning_series")
         self.risk = figure(
             name="early_warning_risk", title="Risk: transition within H frames", width=560, height=200,
-            x_axis_type="datetime", y_range=Range1d(-0.02, 1.02), tools="xpan,xwheel_zoom,reset",
+            x_axis_type="datetime", y_range=Range1d(start=-0.02, end=1.02), tools="xpan,xwheel_zoom,reset",
             toolbar_location=None,
         )  # fmt: skip
         major = self.major
@@ -113,7 +118,8 @@ class EarlyWarningPanel:
         self.risk.add_layout(
             Span(location=major, dimension="width", line_color=RISK_COLOR, line_dash="dashed")
         )
-        self.risk.title.text = f"Risk: transition within H frames (alarm ≥ {major:g} for {self.min_count})"
+        risk_title = f"Risk: transition within H frames (alarm ≥ {major:g} for {self.min_count})"
+        plot_title(self.risk).text = risk_title
         self.risk.line("t", "risk", source=self.series, color=RISK_COLOR, line_width=2)
         self.risk.yaxis.axis_label = "risk"
         self.latent = figure(
@@ -133,7 +139,7 @@ class EarlyWarningPanel:
         self.forecast.line("t", "lead", source=self.series, color=RISK_COLOR, line_width=2)
         self.forecast.yaxis.axis_label = "frames"
         for fig in (self.risk, self.latent, self.forecast):
-            fig.title.text_font_size = "13px"
+            plot_title(fig).text_font_size = "13px"
         self.status = Div(name="early_warning_status", text=self._status_html(None), width=560)
         self.layout: UIElement = column(
             Div(text=heading(f"Early warning · {pipeline}")),
@@ -156,7 +162,7 @@ class EarlyWarningPanel:
                 self.image.data = image_data(img)
                 self.frame.x_range.update(start=0, end=nx)
                 self.frame.y_range.update(start=ny, end=0)
-                self.frame.title.text = f"{frame.series} · frame {frame.index}"
+                plot_title(self.frame).text = f"{frame.series} · frame {frame.index}"
         points = self.live.points(self.pipeline)
         last = (points[-1].series, points[-1].index) if points else None
         if len(points) != self._n_points or last != self._last_point:

@@ -13,11 +13,14 @@ import html
 
 import numpy as np
 from bokeh.layouts import column, row
-from bokeh.models import BoxAnnotation, ColumnDataSource, Div, LinearColorMapper, Range1d, Span, UIElement
+from bokeh.models import ColumnDataSource, LinearColorMapper, Range1d
+from bokeh.models.annotations import BoxAnnotation, Span
+from bokeh.models.ui import UIElement
+from bokeh.models.widgets import Div
 from bokeh.plotting import figure
 
 from dashboards.panels.frame import auto_contrast, image_data
-from dashboards.panels.style import SECTION_STYLE, SEVERITY_COLORS, TEXT_MUTED, heading, number
+from dashboards.panels.style import SECTION_STYLE, SEVERITY_COLORS, TEXT_MUTED, heading, number, plot_title
 from monitor.alerts.model import Severity
 from monitor.live import LivePoint, LiveState
 
@@ -62,7 +65,7 @@ def series_columns(
             by_scan[p.series] = {"z": [], "vf": []}
         by_scan[p.series]["z"].append(s.get("slice_z", float(p.index)))
         by_scan[p.series]["vf"].append(s.get("dendrite_gap_fraction", float("nan")))
-    empty = {"z": [], "vf": []}
+    empty: dict[str, list[float]] = {"z": [], "vf": []}
     latest = by_scan[scans[-1]] if scans else empty
     previous = by_scan[scans[-2]] if len(scans) > 1 else empty
     return t, latest, previous
@@ -79,9 +82,11 @@ class SegmentationPanel:
         self.mip_mapper = LinearColorMapper(palette="Inferno256", low=0, high=1)
         self.frame = figure(
             name="segmentation_slice", title="waiting for XCT slices…", width=IMAGE_PX, height=IMAGE_PX,
-            x_range=Range1d(0, 1), y_range=Range1d(1, 0), tools="pan,wheel_zoom,reset", toolbar_location=None,
+            x_range=Range1d(start=0, end=1), y_range=Range1d(start=1, end=0),
+            tools="pan,wheel_zoom,reset", toolbar_location=None,
         )  # fmt: skip
-        self.frame.image(
+        # Image glyphs take a color_mapper; bokeh's GlyphAPI.image stub leaves it out
+        self.frame.image(  # type: ignore[call-arg]
             image="image", x="x", y="y", dw="dw", dh="dh", source=self.image, color_mapper=self.mapper
         )
         self.frame.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh", source=self.overlay)
@@ -90,13 +95,14 @@ class SegmentationPanel:
             height=IMAGE_PX, x_range=self.frame.x_range, y_range=self.frame.y_range, tools="",
             toolbar_location=None,
         )  # fmt: skip
-        self.proj.image(
+        # Image glyphs take a color_mapper; bokeh's GlyphAPI.image stub leaves it out
+        self.proj.image(  # type: ignore[call-arg]
             image="image", x="x", y="y", dw="dw", dh="dh", source=self.mip, color_mapper=self.mip_mapper
         )
         for fig in (self.frame, self.proj):
             fig.grid.visible = False
             fig.axis.visible = False
-            fig.title.text_font_size = "13px"
+            plot_title(fig).text_font_size = "13px"
         self.timeline = ColumnDataSource(
             {"t": [], "vf": [], "cum": [], "pen": [], "z": []}, name="segmentation_series"
         )
@@ -125,14 +131,14 @@ class SegmentationPanel:
         self.pen = figure(
             name="segmentation_penetration", title="Penetration depth (fraction of electrolyte thickness)",
             width=420, height=180, x_axis_type="datetime", x_range=self.vf.x_range,
-            y_range=Range1d(-0.02, 1.02), tools="", toolbar_location=None,
+            y_range=Range1d(start=-0.02, end=1.02), tools="", toolbar_location=None,
         )  # fmt: skip
         self.pen.add_layout(BoxAnnotation(bottom=MINOR, top=MAJOR, fill_color="#eab308", fill_alpha=0.15))
         self.pen.add_layout(BoxAnnotation(bottom=MAJOR, top=1.02, fill_color="#dc2626", fill_alpha=0.10))
         self.pen.add_layout(Span(location=MAJOR, dimension="width", line_color="#dc2626", line_dash="dashed"))
         self.pen.scatter("t", "pen", source=self.timeline, color=PEN_COLOR, size=3)
         for fig in (self.profile, self.vf, self.pen):
-            fig.title.text_font_size = "12px"
+            plot_title(fig).text_font_size = "12px"
         self.status = Div(name="segmentation_status", text=self._status_html(None), width=IMAGE_PX * 2)
         self.layout: UIElement = column(
             Div(text=heading(f"Segmentation · {pipeline}")),
@@ -157,7 +163,7 @@ class SegmentationPanel:
                 overlays = dict(frame.overlays)
                 mask = overlays.get("mask")
                 fits = mask is not None and mask.shape == img.shape
-                self.overlay.data = image_data(rgba_overlay(mask)) if fits else _empty()
+                self.overlay.data = image_data(rgba_overlay(mask)) if mask is not None and fits else _empty()
                 mip = overlays.get("mip")
                 if mip is not None and mip.ndim == 2:
                     self.mip_mapper.update(low=0.0, high=max(1.0, float(mip.max())))
@@ -171,7 +177,7 @@ class SegmentationPanel:
                     }
                 self.frame.x_range.update(start=0, end=nx)
                 self.frame.y_range.update(start=ny, end=0)
-                self.frame.title.text = f"{frame.series} · slice {frame.index}"
+                plot_title(self.frame).text = f"{frame.series} · slice {frame.index}"
         points = self.live.points(self.pipeline)
         last = (points[-1].series, points[-1].index) if points else None
         if len(points) != self._n_points or last != self._last_point:

@@ -19,6 +19,7 @@ class Ensemble(nn.Module):
             raise ValueError("one weight per member")
         w = torch.tensor(list(weights), dtype=torch.float32)
         self.members = nn.ModuleList(members)
+        self.weights: torch.Tensor
         self.register_buffer("weights", w / w.sum())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +47,7 @@ def search_weights(
     """Grid-search member weights maximising ``score(weighted probabilities)`` on validation data."""
     best: tuple[tuple[float, ...], float] = ((1.0 / len(probs),) * len(probs), -np.inf)
     for w in weight_grid(len(probs), step):
-        p = sum(wi * pi for wi, pi in zip(w, probs, strict=True))
+        p = sum((wi * pi for wi, pi in zip(w, probs, strict=True)), np.zeros_like(probs[0]))
         s = score(p)
         if s > best[1]:
             best = (w, s)

@@ -59,6 +59,9 @@ class HazardNet(nn.Module):
     → GRU), ``static`` (CNN on the last frame), ``logistic`` (linear on the last frame's
     features and their change over the window)."""
 
+    feat_mean: torch.Tensor  # buffers (register_buffer), typed for the checker
+    feat_std: torch.Tensor
+
     def __init__(self, mode: str = "hybrid", horizon: int = 14) -> None:
         super().__init__()
         if mode not in ("hybrid", "cnn", "features", "static", "logistic"):
@@ -87,9 +90,11 @@ class HazardNet(nn.Module):
             return self.to_latent(emb[:, -1])
         if self.mode == "logistic":
             return self.to_latent(torch.cat([f[:, -1], f[:, -1] - f[:, 1]], dim=1))
-        x = {"hybrid": lambda: torch.cat([emb, f], dim=2), "cnn": lambda: emb, "features": lambda: f}[
-            self.mode
-        ]()
+        if self.mode == "features":
+            x = f
+        else:  # hybrid or cnn
+            assert emb is not None
+            x = torch.cat([emb, f], dim=2) if self.mode == "hybrid" else emb
         assert self.gru is not None
         _, h = self.gru(x)
         return self.to_latent(h[-1])

@@ -181,7 +181,7 @@ def cli_main(args: argparse.Namespace) -> int:
     val = sets["val"]
     shift = calibrate_shift(val, ev.run_traces(val, cnn_gru_predictor(model)).risk)
     with torch.no_grad():
-        model.risk_bias += shift
+        model.risk_bias.add_(shift)
     predictors = {
         "static_cnn": lambda d: static_predictor(static, d),
         "descriptor_gru": lambda d: descriptor_predictor(scaler, dgru, logistic=False, shift=d),

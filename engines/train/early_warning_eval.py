@@ -202,7 +202,7 @@ def write_plots(
     lt = lead_times(runs, traces)
     fig, ax = plt.subplots(figsize=(4.5, 3.4))
     if len(lt):
-        ax.hist(lt, bins=np.arange(lt.min() - 0.5, lt.max() + 1.5, 1.0), color="#2563eb")
+        ax.hist(lt, bins=np.arange(lt.min() - 0.5, lt.max() + 1.5, 1.0).tolist(), color="#2563eb")
         ax.axvline(float(np.median(lt)), color="k", ls="--", label=f"median {np.median(lt):.0f}")
         ax.legend(fontsize=8)
     ax.set(xlabel="lead time [frames] (t* − first alarm)", ylabel="runs", title="Lead time")
@@ -226,7 +226,7 @@ def write_plots(
             ylabel="latent (surrogate variable)",
             title="Latent against time aligned on the transition",
         )
-        ax.xaxis.label.set_size(7)
+        ax.xaxis.label.set_fontsize(7)
         fig.tight_layout()
         paths.append(out_dir / "latent_aligned.png")
         fig.savefig(paths[-1], dpi=110)

@@ -69,7 +69,7 @@ def targets(n: int, t_star: int, k: int = K_HAZARD) -> tuple[np.ndarray, np.ndar
     ends = np.arange(WINDOW - 1, n)
     y = np.zeros((len(ends), k), np.float32)
     m = np.zeros((len(ends), k), np.float32)
-    for j, t in enumerate(ends):
+    for j, t in enumerate(ends.tolist()):
         if t_star >= 0 and t_star - t < k:
             e = max(0, t_star - t)
             y[j, e] = 1.0

@@ -83,7 +83,7 @@ def present_metrics(conf: np.ndarray, classes: Sequence[str] = CLASSES) -> dict[
     present = conf.sum(1) > 0
     out: dict[str, float] = {}
     ious, dscs = [], []
-    for c in np.flatnonzero(present):
+    for c in np.flatnonzero(present).tolist():
         iou = tp[c] / max(tp[c] + fp[c] + fn[c], 1)
         dsc = 2 * tp[c] / max(2 * tp[c] + fp[c] + fn[c], 1)
         out[f"IoU_{classes[c]}"], out[f"DSC_{classes[c]}"] = round(iou, 4), round(dsc, 4)
@@ -95,7 +95,9 @@ def present_metrics(conf: np.ndarray, classes: Sequence[str] = CLASSES) -> dict[
     return out
 
 
-def evaluate_slices(probs_of: Callable[[np.ndarray], np.ndarray], slices: Sequence[LabelledSlice]) -> dict:
+def evaluate_slices(
+    probs_of: Callable[[np.ndarray], np.ndarray], slices: Sequence[LabelledSlice]
+) -> dict[str, float]:
     n = len(CLASSES)
     conf = np.zeros((n, n), np.int64)
     for s in slices:

@@ -146,7 +146,9 @@ def run(
         probs = _members_probs(members, val_data[0])
 
         def val_score(p: np.ndarray) -> float:
-            conf = sum(confusion(pi.argmax(0), li) for pi, li in zip(p, val_data[1], strict=True))
+            conf = np.sum(
+                [confusion(pi.argmax(0), li) for pi, li in zip(p, val_data[1], strict=True)], axis=0
+            )
             return scores(conf).miou
 
         weights, best = search_weights(probs, val_score, step=0.1)
@@ -216,7 +218,9 @@ def cli_main(args: argparse.Namespace) -> int:
         budget_s=budget,
         threads=args.threads or 2,
     )
-    for name, m in report["models"].items():  # type: ignore[union-attr]
+    models = report["models"]
+    assert isinstance(models, dict)
+    for name, m in models.items():
         print(f"{name}: {json.dumps(m)}")
     return 0
 

@@ -75,9 +75,9 @@ class PatchSampler:
         s = self.size
         if self.pools and self.rng.random() < self.focus:
             pool = self.pools[int(self.rng.integers(len(self.pools)))]
-            i, y, x = np.unravel_index(int(pool[int(self.rng.integers(pool.size))]), (n, h, w))
-            y = int(np.clip(y - s // 2 + self.rng.integers(-s // 3, s // 3 + 1), 0, h - s))
-            x = int(np.clip(x - s // 2 + self.rng.integers(-s // 3, s // 3 + 1), 0, w - s))
+            i, yc, xc = np.unravel_index(int(pool[int(self.rng.integers(pool.size))]), (n, h, w))
+            y = int(np.clip(yc - s // 2 + self.rng.integers(-s // 3, s // 3 + 1), 0, h - s))
+            x = int(np.clip(xc - s // 2 + self.rng.integers(-s // 3, s // 3 + 1), 0, w - s))
             return int(i), y, x
         return (
             int(self.rng.integers(n)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from engines.export import export_onnx
 from engines.models.unet import WithSoftmax
 from engines.registry import TensorSpec, save_model
-from engines.runtime import create_runner
+from engines.runtime import BaseRunner, create_runner
 from engines.synth.xct import CLASSES
 from engines.tiling import TileSpec
 from engines.train.segmentation_core import History, ModelSpec, evaluate
@@ -23,6 +24,10 @@ ENSEMBLE_TILE = TileSpec(tile=128, overlap=32, margin=8, batch=32)
 NORMALISATION = {"percentile_low": 1.0, "percentile_high": 99.0, "percentile_step": 4.0}
 """x' = (x − p_low) / (p_high − p_low), percentiles of the slice (every ``step``-th pixel)."""
 VERSION = "1.0"
+
+
+def _probs_of(runner: BaseRunner) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda b: runner.infer({"image": b})["probs"]
 
 
 def _tile_dict(t: TileSpec) -> dict[str, int]:
@@ -43,18 +48,22 @@ def export_model(
 ) -> dict[str, float]:
     """Export ``model`` (logits model for a spec; probability model for the ensemble), evaluate
     it on the held-out slices through ONNX Runtime, and save it with its manifest in ``out``."""
+    wrapped: torch.nn.Module
+    kwargs: dict[str, object]
     if spec is not None:
         name, wrapped, tile = spec.name, WithSoftmax(model).eval(), spec.tile
         fully_conv = spec.fully_convolutional
         factory, kwargs = spec.factory, dict(spec.kwargs)
-        multiple = model.multiple if fully_conv else 128  # type: ignore[attr-defined]
+        multiple = model.multiple if fully_conv else 128
     else:
         assert members is not None
         name, wrapped, tile, fully_conv, multiple = "xct_ensemble", model.eval(), ENSEMBLE_TILE, False, 128
         factory = "engines.models.ensemble:build_ensemble"
+        weights = model.weights  # the Ensemble's normalised weight buffer
+        assert isinstance(weights, torch.Tensor)
         kwargs = {
             "members": [{"kind": m.kind, "kwargs": dict(m.kwargs)} for m in members],
-            "weights": [float(w) for w in model.weights],  # type: ignore[attr-defined]
+            "weights": [float(w) for w in weights],
         }
     h = w = 128
     dyn = {"image": {0: "batch"}, "probs": {0: "batch"}}
@@ -146,7 +155,7 @@ def write_plots(
         m = load_manifest(n, weights)
         tile = TileSpec(**m.extra["tile"])  # type: ignore[arg-type]
         with create_runner(m, "onnxruntime", threads=2, weights_dir=weights) as r:
-            pred = tiled_predict(img, lambda b, r=r: r.infer({"image": b})["probs"], tile).argmax(0)
+            pred = tiled_predict(img, _probs_of(r), tile).argmax(0)
         a.imshow(img, cmap="gray")
         a.imshow(OVERLAY_COLOURS[pred])
         a.set_title(f"{n}: mIoU {m.metrics['mIoU']:.3f}")

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Required, TypedDict
 
 import numpy as np
 import torch
@@ -66,6 +67,13 @@ DEFAULT_OUT = Path("runs") / "finetune" / "segmentation"
 DEFAULT_NAME = "xct_finetuned"
 METHODS = ("auto", "network", "forest")
 __all__ = ["FinetuneDataError", "finetune", "finetune_cli", "load_labelled"]
+
+
+class MethodScores(TypedDict, total=False):
+    """Validation metrics of one fine-tuning method (and the forest's training time)."""
+
+    val: Required[dict[str, float]]
+    seconds: float
 
 
 def _save(
@@ -124,7 +132,7 @@ def finetune(
     log.info("%d labelled slices from %s; split %s", len(slices), data, split.how)
     t_start = time.monotonic()
     base = load_manifest(model, weights) if method in ("auto", "network") else None
-    scores: dict[str, dict[str, float]] = {}
+    scores: dict[str, MethodScores] = {}
     net = hist = None
     if base is not None:
         net, probs_out = load_network(base, weights)
@@ -248,7 +256,13 @@ def finetune(
         path = Path(tmp) / f"{name}.onnx"
         path.write_bytes((out / m.onnx).read_bytes())
         _save(path, out, name, version, extra, training, metrics)
-    summary = {"name": name, "version": version, "method": chosen, "split": split.how, "test": test}
+    summary: dict[str, object] = {
+        "name": name,
+        "version": version,
+        "method": chosen,
+        "split": split.how,
+        "test": test,
+    }
     summary["validation"] = {k: v["val"] for k, v in scores.items()}
     return summary
 

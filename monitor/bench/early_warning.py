@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,7 @@ def frame_to_alarm(weights_dir: Path, frames: int, quick: bool) -> dict[str, flo
     return ev.summarise(lat)
 
 
-def load_baselines(weights_dir: Path) -> dict[str, object]:
+def load_baselines(weights_dir: Path) -> dict[str, Callable[[np.ndarray], tuple[np.ndarray, ...]]]:
     state = torch.load(weights_dir / ew.BASELINES_FILE, weights_only=True)
     static, dgru, logi = StaticCnn(), DescriptorGru(), DescriptorLogistic()
     static.load_state_dict(state["static_cnn"])

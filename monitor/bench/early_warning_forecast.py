@@ -31,6 +31,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -130,13 +131,13 @@ def latency(runner, reps: int) -> dict[str, float]:
     }
 
 
-def baselines(weights_dir: Path, test: RunSet, geo: np.ndarray) -> dict[str, object]:
+def baselines(weights_dir: Path, test: RunSet, geo: np.ndarray) -> dict[str, dict[str, Any]]:
     path = weights_dir / ewf.BASELINES_FILE
     if not path.exists():
         return {}
     state = torch.load(path, weights_only=True)
     prepared = hz.prepare(test)
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for mode, sd in state["states"].items():
         model = HazardNet(mode, horizon=HORIZON)
         model.load_state_dict(sd)
@@ -170,13 +171,9 @@ def cli_main(args: argparse.Namespace) -> int:
     weights_dir = Path(args.weights) if args.weights else WEIGHTS_DIR
     cache = Path(args.json).parent / "cache" if quick else ewf.GEO_CACHE
     manifest = load_manifest(ewf.MODEL_NAME, weights_dir)
-    rule = hz.Rule(
-        **{
-            k: v
-            for k, v in dict(manifest.extra["alarm_rule"]).items()
-            if k in ("major", "min_count", "hysteresis")
-        }
-    )  # type: ignore[call-overload]
+    alarm_rule = manifest.extra["alarm_rule"]
+    assert isinstance(alarm_rule, dict), "manifest extra.alarm_rule is a JSON object"
+    rule = hz.Rule(**{k: v for k, v in alarm_rule.items() if k in ("major", "min_count", "hysteresis")})
     test, geo = ewf.load("test", 8 if quick else ewf.FULL_SPLITS["test"], quick, cache)
     from engines.train import early_warning as legacy
 
@@ -237,7 +234,7 @@ def cli_main(args: argparse.Namespace) -> int:
             "auroc_pre_ge_0.95": main["auroc_pre_transition"] >= 0.95,
             "auroc_pre_above_every_baseline": all(
                 main["auroc_pre_transition"] > a["auroc_pre_transition"] for a in ablation.values()
-            ),  # type: ignore[index]
+            ),
             "lead_ge_20pct": main["lead_time_fraction_median"] >= 0.2,
             "warned_ge_90pct": main["warned_before_t_star"] >= 0.9,
             "false_alarm_le_5pct": main["false_alarm_rate"] <= 0.05,

@@ -22,7 +22,7 @@ class OodMonitor:
         self.mean = np.asarray(d.get("feature_mean", [0.0]), dtype=np.float64)
         self.std = np.maximum(np.asarray(d.get("feature_std", [1.0]), dtype=np.float64), 1e-6)
         self.threshold = float(d.get("score_threshold", np.inf))
-        lo, hi = d.get("latent_range", [-np.inf, np.inf])  # type: ignore[misc]
+        lo, hi = d.get("latent_range", [-np.inf, np.inf])
         width = float(hi) - float(lo)
         self.latent_lo, self.latent_hi = float(lo) - width, float(hi) + width
         self.min_count = min_count

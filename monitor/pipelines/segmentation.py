@@ -292,7 +292,7 @@ class SegmentationPipeline:
                 ood=self._ood_state(f, ood_score),
             )
             small = stored_mask(mask, self.options.mask_shape)
-            series, proj = self.mip.get(f.stream, ("", None))  # type: ignore[arg-type]
+            series, proj = self.mip.get(f.stream, ("", None))
             if proj is None or series != f.series:
                 proj = np.zeros(small.shape, np.uint16)
                 self.mip[f.stream] = (f.series, proj)
@@ -318,7 +318,7 @@ class SegmentationPipeline:
         ys = ((np.arange(h) + 0.5) * mask.shape[0] / h).astype(np.intp)
         xs = ((np.arange(w) + 0.5) * mask.shape[1] / w).astype(np.intp)
         out = {"mask": np.ascontiguousarray(mask[np.ix_(ys, xs)])}
-        series, proj = self.mip.get(result.frame.stream, ("", None))  # type: ignore[arg-type]
+        series, proj = self.mip.get(result.frame.stream, ("", None))
         if proj is not None and series == result.frame.series:
             out["mip"] = proj[:mh, :mw].astype(np.float32)
         return out

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 import h5py
 import numpy as np
@@ -69,22 +69,22 @@ def natural_key(name: str) -> tuple[str | int, ...]:
 
 
 def _find_dataset(f: h5py.File) -> h5py.Dataset:
-    def is_image(obj: object, min_ndim: int) -> bool:
+    def is_image(obj: object, min_ndim: int) -> TypeGuard[h5py.Dataset]:
         return isinstance(obj, h5py.Dataset) and obj.ndim >= min_ndim and obj.dtype.kind in "uifb"
 
     preferred = f.get(PREFERRED_DATASET)
     if is_image(preferred, 2):
-        return preferred  # type: ignore[return-value]
+        return preferred
     found: dict[int, h5py.Dataset] = {}
 
     def visit(_name: str, obj: object) -> None:
         if is_image(obj, 2):
-            found.setdefault(3 if obj.ndim >= 3 else 2, obj)  # type: ignore[attr-defined]
+            found.setdefault(3 if obj.ndim >= 3 else 2, obj)
 
     f.visititems(visit)
     if not found:
         raise SourceError(f"{f.filename}: no numeric dataset with 2 or more dimensions found")
-    return found.get(3, found.get(2))  # type: ignore[return-value]
+    return found.get(3, found.get(2))
 
 
 def _select_dataset(f: h5py.File, path: Path, dataset: str | None) -> h5py.Dataset:
@@ -202,9 +202,9 @@ def _open(path: str | Path, dataset: str | None = None) -> _Reader:
 GLOB_CHARS = ("*", "?", "[")
 
 
-def is_series_glob(dataset: str | None) -> bool:
+def is_series_glob(dataset: str | None) -> TypeGuard[str]:
     """A ``dataset`` with glob characters selects many series (one per matching dataset/group)."""
-    return bool(dataset) and any(c in dataset for c in GLOB_CHARS)  # type: ignore[operator]
+    return dataset is not None and any(c in dataset for c in GLOB_CHARS)
 
 
 def series_datasets(path: str | Path, pattern: str) -> list[str]:
@@ -249,7 +249,7 @@ def count_frames(path: str | Path, dataset: str | None = None) -> int:
     """Number of frames :func:`iter_frames` yields (raises :class:`SourceError`); with a series
     glob, over every matching series."""
     if is_series_glob(dataset):
-        return sum(count_frames(path, d) for d in series_datasets(path, dataset))  # type: ignore[arg-type]
+        return sum(count_frames(path, d) for d in series_datasets(path, dataset))
     reader = _open(path, dataset)
     try:
         return len(reader)

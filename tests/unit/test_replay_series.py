@@ -100,3 +100,25 @@ def test_cli_replay_with_series_glob_and_the_configs_rules(multi: Path, tmp_path
     with RunReader(out) as r:
         assert len(r.results("frame_stats")) == 10
         assert any(a.alarm.rule == "saturation" for a in r.alarms())
+
+
+def test_offline_replay_checks_settings_of_a_pipeline_without_close(multi: Path, tmp_path: Path) -> None:
+    # --weights-dir makes replay build the pipeline once up front; frame_stats holds no runner
+    # and has no close() (only alignment does).
+    summary = replay_file(
+        multi,
+        pipeline="frame_stats",
+        out=tmp_path / "out.h5",
+        series_glob="/run1/frames",
+        weights_dir=str(tmp_path),
+        progress=False,
+    )
+    assert summary.processed == 3
+
+
+def test_replay_config_rejects_an_unknown_pipeline_kind(multi: Path, tmp_path: Path) -> None:
+    from monitor.errors import MonitorError
+    from monitor.offline import replay_config
+
+    with pytest.raises(MonitorError, match="unknown pipeline 'nope'"):
+        replay_config(multi, "nope", tmp_path / "out.h5", None)
