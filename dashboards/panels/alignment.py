@@ -11,12 +11,15 @@ import html
 
 import numpy as np
 from bokeh.layouts import column, row
-from bokeh.models import ColorBar, ColumnDataSource, Div, LinearColorMapper, Range1d, UIElement
+from bokeh.models import ColumnDataSource, LinearColorMapper, Range1d
+from bokeh.models.annotations import ColorBar
+from bokeh.models.ui import UIElement
+from bokeh.models.widgets import Div
 from bokeh.palettes import Category10_10, Turbo256
 from bokeh.plotting import figure
 
 from dashboards.panels.frame import auto_contrast, image_data
-from dashboards.panels.style import SECTION_STYLE, TEXT_MUTED, heading, number
+from dashboards.panels.style import SECTION_STYLE, TEXT_MUTED, heading, number, plot_title
 from monitor.live import LiveFrame, LiveState
 
 IMAGE_PX = 420
@@ -69,15 +72,17 @@ class AlignmentPanel:
         self.mapper = LinearColorMapper(palette="Greys256", low=0, high=1)
         self.frame = figure(
             name="alignment_frame", title="waiting for frames…", width=IMAGE_PX, height=IMAGE_PX,
-            x_range=Range1d(0, 1), y_range=Range1d(1, 0), tools="pan,wheel_zoom,reset", toolbar_location=None,
+            x_range=Range1d(start=0, end=1), y_range=Range1d(start=1, end=0), tools="pan,wheel_zoom,reset",
+            toolbar_location=None,
         )  # fmt: skip
-        self.frame.image(
+        # Image glyphs take a color_mapper; bokeh's GlyphAPI.image stub leaves it out
+        self.frame.image(  # type: ignore[call-arg]
             image="image", x="x", y="y", dw="dw", dh="dh", source=self.image, color_mapper=self.mapper
         )
         self.frame.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh", source=self.contours)
         self.frame.multi_line(xs="xs", ys="ys", line_color="color", line_width=2, source=self.tails)
         self.frame.grid.visible = False
-        self.frame.title.text_font_size = "13px"
+        plot_title(self.frame).text_font_size = "13px"
         self.series = ColumnDataSource({"t": [], "disp": [], "speed": [], "rigid": [], "nonrigid": []})
         self.motion = figure(
             name="alignment_motion", title="rigid vs non-rigid (px)", width=440, height=200,
@@ -101,9 +106,11 @@ class AlignmentPanel:
         self.xmapper = LinearColorMapper(palette=Turbo256, low=8340, high=8348, nan_color=(0, 0, 0, 0))
         self.xplot = figure(
             name="alignment_xanes", title="XANES edge energy (eV), latest scan", width=360, height=360,
-            x_range=Range1d(0, 1), y_range=Range1d(1, 0), tools="reset", toolbar_location=None,
+            x_range=Range1d(start=0, end=1), y_range=Range1d(start=1, end=0), tools="reset",
+            toolbar_location=None,
         )  # fmt: skip
-        self.xplot.image(
+        # Image glyphs take a color_mapper; bokeh's GlyphAPI.image stub leaves it out
+        self.xplot.image(  # type: ignore[call-arg]
             image="image", x="x", y="y", dw="dw", dh="dh", source=self.xanes, color_mapper=self.xmapper
         )
         self.xplot.add_layout(ColorBar(color_mapper=self.xmapper, width=12), "right")
@@ -112,7 +119,7 @@ class AlignmentPanel:
             name="alignment_status", css_classes=["om-alignment-status"], text=self._status(None)
         )
         for p in (self.motion, self.disp_plot, self.speed_plot, self.xplot):
-            p.title.text_font_size = "13px"
+            plot_title(p).text_font_size = "13px"
         self.layout: UIElement = column(
             Div(text=heading(f"Alignment · {pipeline}")),
             self.status,
@@ -170,9 +177,8 @@ class AlignmentPanel:
                 self.xplot.x_range.update(start=0, end=mw)
                 self.xplot.y_range.update(start=mh, end=0)
         s = dict(frame.scalars)
-        self.frame.title.text = (
-            f"{frame.series} · frame {frame.index} · E {number(s.get('energy_eV', float('nan')))} eV"
-        )
+        title = f"{frame.series} · frame {frame.index} · E {number(s.get('energy_eV', float('nan')))} eV"
+        plot_title(self.frame).text = title
         self.status.text = self._status(s)
 
     def _timelines(self, points: list) -> None:  # list[LivePoint]

@@ -197,8 +197,9 @@ def _merge_wide_necks(
     np.maximum.at(neck, inv, v)
     dneck = np.zeros(uniq.size, np.float32)
     np.maximum.at(dneck, inv, dv)
-    gap = np.bincount(inv, weights=np.concatenate(gaps).astype(np.float64), minlength=uniq.size)
-    gap /= np.maximum(np.bincount(inv, minlength=uniq.size), 1)
+    # Weighted bincount is float64 (numpy's stub says intp), so divide into a new array
+    gap_sum = np.bincount(inv, weights=np.concatenate(gaps).astype(np.float64), minlength=uniq.size)
+    gap = gap_sum / np.maximum(np.bincount(inv, minlength=uniq.size), 1)
     parent = np.arange(n + 1)
 
     def root(i: int) -> int:
@@ -208,12 +209,12 @@ def _merge_wide_necks(
         return i
 
     for key, nk, dk, gk in zip(uniq, neck, dneck, gap, strict=True):
-        a, b = int(key // (n + 1)), int(key % (n + 1))
-        wide = nk >= ratio * min(peak[a], peak[b]) and (dk >= min_dist or gk >= 0.5)
-        if wide and _solidity(labels, a, b) >= min_solidity:
-            ra, rb = root(a), root(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
+        pa, pb = int(key // (n + 1)), int(key % (n + 1))
+        wide = nk >= ratio * min(peak[pa], peak[pb]) and (dk >= min_dist or gk >= 0.5)
+        if wide and _solidity(labels, pa, pb) >= min_solidity:
+            root_a, root_b = root(pa), root(pb)
+            if root_a != root_b:
+                parent[max(root_a, root_b)] = min(root_a, root_b)
     lut = np.array([root(i) for i in range(n + 1)])
     return lut[labels].astype(np.int32)
 

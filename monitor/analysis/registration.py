@@ -55,7 +55,7 @@ class _Gathered:
     body: np.ndarray
     background: np.ndarray
     core: np.ndarray
-    fits: dict[str, tuple]  # type: ignore[type-arg]
+    fits: dict[str, tuple]
     """Plane and level of the last pass (a pass with the same ring and body reuses them)."""
 
 

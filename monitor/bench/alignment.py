@@ -219,7 +219,8 @@ def run_bench(out: Path, *, quick: bool, weights: str, threads: int) -> dict[str
     cfg = TxmConfig()
     energies = cfg.energies if not quick else cfg.energies[::3]
     cfg = TxmConfig(energies=tuple(energies))
-    ours, ours4, base = [], [], {"phase_correlation": [], "template_matching": []}
+    ours, ours4 = [], []
+    base: dict[str, list[np.ndarray]] = {"phase_correlation": [], "template_matching": []}
     secs = {1: 0.0, 4: 0.0}
     cpu = {1: 0.0, 4: 0.0}
     nframes = 0
@@ -252,10 +253,12 @@ def run_bench(out: Path, *, quick: bool, weights: str, threads: int) -> dict[str
     tp, fp, fn = (int(c) for c in counts)
     base_rms = {k: rms(np.concatenate(v)) for k, v in base.items()}
     edge_all = np.concatenate(edge_errs)
+    rms_ours = rms(np.concatenate(ours4))
+    rms_baseline = min(base_rms.values())
     result: dict[str, object] = {
-        "rms_error_px": rms(np.concatenate(ours4)),
+        "rms_error_px": rms_ours,
         "rms_error_px_detect_every_1": rms(np.concatenate(ours)),
-        "baseline_rms_error_px": min(base_rms.values()),
+        "baseline_rms_error_px": rms_baseline,
         "baseline_phase_correlation_rms_px": base_rms["phase_correlation"],
         "baseline_template_matching_rms_px": base_rms["template_matching"],
         "ssim_after": float(np.nanmean(ssim_a)),
@@ -282,9 +285,7 @@ def run_bench(out: Path, *, quick: bool, weights: str, threads: int) -> dict[str
             "cpu_model": _cpu_model(),
         },  # fmt: skip
     }
-    result["ratio_baseline_over_ours"] = float(result["baseline_rms_error_px"]) / max(
-        float(result["rms_error_px"]), 1e-9
-    )
+    result["ratio_baseline_over_ours"] = rms_baseline / max(rms_ours, 1e-9)
     from monitor.bench.alignment_real import run_real_texture
 
     result["real_texture"] = run_real_texture(

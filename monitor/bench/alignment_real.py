@@ -115,7 +115,7 @@ def score_stack(st: RealStack, results: list[Result], seconds: float) -> StackSc
                     errs.append(disp[s] - truth)
     through = 0
     events = 0
-    for g in whole:
+    for g in whole.tolist():  # Python ints, like owner's values above
         col = present[:, g]
         if (col >= 0).all() and np.unique(col).size == 1:
             through += 1
@@ -186,7 +186,7 @@ def detection_f1(weights: str, n: int) -> dict[str, float]:
     finally:
         lab.close()
     out: dict[str, float] = {}
-    tot = sum(counts.values())
+    tot = sum(counts.values(), np.zeros(3, int))
     for k, (tp, fp, fn) in [*counts.items(), ("all", tuple(tot))]:
         out[f"instance_f1_gt800_{k}"] = 2 * tp / max(2 * tp + fp + fn, 1)
     out["contrast_auto_correct"] = right / max(n, 1)

@@ -428,15 +428,17 @@ class AlignmentPipeline:
             self._latest_maps = {t.slot: maps[t.id] for t in self.tracker.tracks if t.id in maps}
         res = self._result(frame, state, upd, labels, rois, maps, partial, energy, scan_reported)
         d = self.input.decision
-        res.scalars.update(
-            input_flag=float(flag),
-            contrast_absorbance=float(d.contrast == "absorbance") if d else float("nan"),
-            particle_diameter_px=float(d.diameter_px) if d else float("nan"),
-            block_factor=float(f),
-            n_whole=float(sum(1 for r in rois if not r.edge_cut)),
-            n_edge_cut=float(sum(1 for r in rois if r.edge_cut)),
-        )
-        return res
+        # Result.scalars is a read-only Mapping: add the input scalars in a new dict
+        scalars = {
+            **res.scalars,
+            "input_flag": float(flag),
+            "contrast_absorbance": float(d.contrast == "absorbance") if d else float("nan"),
+            "particle_diameter_px": float(d.diameter_px) if d else float("nan"),
+            "block_factor": float(f),
+            "n_whole": float(sum(1 for r in rois if not r.edge_cut)),
+            "n_edge_cut": float(sum(1 for r in rois if r.edge_cut)),
+        }
+        return dataclasses.replace(res, scalars=scalars)
 
     def _refine_tracks(
         self, binned: np.ndarray, good: list[tuple[ParticleROI, CentreEstimate]], upd: TrackUpdate, rb: int
@@ -572,11 +574,11 @@ class AlignmentPipeline:
             edge = np.full((p, o.roi_size, o.roi_size), np.nan, np.float32)
             ox = np.full_like(edge, np.nan)
             for track_id, m in maps.items():
-                s = slot_of.get(track_id)
-                if s is None:
+                slot = slot_of.get(track_id)
+                if slot is None:
                     continue
-                edge[s], ox[s] = m.edge_eV, m.oxidation
-                scalars[f"p{s}_edge_eV"] = m.mean_edge_eV
+                edge[slot], ox[slot] = m.edge_eV, m.oxidation
+                scalars[f"p{slot}_edge_eV"] = m.mean_edge_eV
             arrays["xanes_edge_eV"], arrays["xanes_oxidation"] = edge, ox
             means = [m.mean_edge_eV for m in maps.values() if np.isfinite(m.mean_edge_eV)]
             scalars["xanes_mean_edge_eV"] = float(np.mean(means)) if means else float("nan")
