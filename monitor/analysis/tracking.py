@@ -156,17 +156,8 @@ class Tracker:
                 if far and not score >= self.min_ssim:
                     continue  # far and does not look the same: not this particle
                 new_pos = centres[c].astype(np.float64)
-                track.step = (new_pos - track.position) / (1 + track.missing)
-                track.position = new_pos
-                track.thumb = thumbs[c]
-                track.ssim = score
-                track.age += 1
-                if track.missing:
-                    found.append(track.id)
-                    self.found_total += 1
-                track.missing = 0
-                assignment[c] = track
-                matched.add(id(track))
+                step = (new_pos - track.position) / (1 + track.missing)
+                self._take(track, c, new_pos, step, thumbs[c], score, assignment, matched, found)
         self._refind(centres, thumbs, assignment, matched, found)
         dropped: list[int] = []
         keep: list[Track] = []
@@ -228,19 +219,33 @@ class Tracker:
                 continue
             used_t.add(ti)
             used_d.add(i)
-            track = free_t[ti]
-            new_pos = centres[i].astype(np.float64)
-            track.step = np.zeros(2)
-            track.position = new_pos
-            track.thumb = thumbs[i]
-            track.ssim = score
-            track.age += 1
-            if track.missing:
-                found.append(track.id)
-                self.found_total += 1
-            track.missing = 0
-            assignment[i] = track
-            matched.add(id(track))
+            pos = centres[i].astype(np.float64)
+            self._take(free_t[ti], i, pos, np.zeros(2), thumbs[i], score, assignment, matched, found)
+
+    def _take(
+        self,
+        track: Track,
+        i: int,
+        position: np.ndarray,
+        step: np.ndarray,
+        thumb: np.ndarray,
+        score: float,
+        assignment: list[Track | None],
+        matched: set[int],
+        found: list[int],
+    ) -> None:
+        """Detection ``i`` continues ``track`` (a re-found track is reported in ``found``)."""
+        track.step = step
+        track.position = position
+        track.thumb = thumb
+        track.ssim = score
+        track.age += 1
+        if track.missing:
+            found.append(track.id)
+            self.found_total += 1
+        track.missing = 0
+        assignment[i] = track
+        matched.add(id(track))
 
     def _scores(
         self, pairs: list[tuple[int, int]], thumbs: list[np.ndarray], cost: np.ndarray, score_all: bool
