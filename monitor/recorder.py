@@ -185,14 +185,13 @@ class Recorder:
             loop = asyncio.get_running_loop()
             try:
                 self.dispositions_written += await loop.run_in_executor(self._executor, self._write, batch)
-            except (StoreError, OSError, RuntimeError) as exc:
-                # I/O trouble (disk full, file gone): keep the rows for the next try.
+            except Exception as exc:  # counted, logged, the rows kept for the next try
+                # I/O trouble (disk full, file gone) is expected; anything else gets its traceback.
+                expected = isinstance(exc, StoreError | OSError | RuntimeError)
                 self.write_errors += 1
-                log.error("store write failed (will retry with the next flush): %s", exc)
-                self._requeue(batch)
-            except Exception:
-                self.write_errors += 1
-                log.exception("store write failed unexpectedly (will retry with the next flush)")
+                log.error(
+                    "store write failed (will retry with the next flush): %s", exc, exc_info=not expected
+                )
                 self._requeue(batch)
 
     def _requeue(self, batch: _Pending) -> None:
